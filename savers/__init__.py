@@ -1,0 +1,52 @@
+"""savegame.savers: checkpoint savers with delta-encoded, zstd-compressed storage.
+
+The MongoDB savers are imported lazily, so ``import savegame.savers`` never needs pymongo.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import BaseSaver
+from .checkpoint import Checkpoint, Release, new_checkpoint_id
+from .codec import KeyframePolicy
+from .errors import (
+    ConflictError,
+    CorruptCheckpointError,
+    MissingDependencyError,
+    SavegameError,
+    SerializationError,
+)
+from .memory import MemorySaver, VersionedMemorySaver
+from .serde import Serializer, register_type
+
+if TYPE_CHECKING:
+    from .mongodb import AsyncMongoSaver as AsyncMongoSaver
+    from .mongodb import MongoSaver as MongoSaver
+
+# MongoSaver and AsyncMongoSaver import lazily (see __getattr__), so a star import of this
+# package never needs pymongo; import them by name.
+__all__ = [
+    "BaseSaver",
+    "Checkpoint",
+    "ConflictError",
+    "CorruptCheckpointError",
+    "KeyframePolicy",
+    "MemorySaver",
+    "MissingDependencyError",
+    "Release",
+    "SavegameError",
+    "SerializationError",
+    "Serializer",
+    "VersionedMemorySaver",
+    "new_checkpoint_id",
+    "register_type",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("MongoSaver", "AsyncMongoSaver"):
+        from . import mongodb
+
+        return getattr(mongodb, name)
+    raise AttributeError(f"module 'savegame.savers' has no attribute {name!r}")

@@ -1,0 +1,660 @@
+"""The saver contract, written once for every backend, sync and async.
+
+Each public operation is a *flow*: a generator that does all the thinking (ids, steps,
+parents, delta or keyframe, conflicts, decoding) and yields :class:`Call` objects for the
+IO it needs. A backend implements only the primitives those calls name (``_read``,
+``_read_latest``, ``_read_chains``, ``_insert``, ``_list``, ``_delete_thread``,
+``_archive``, ``_versions``, ``_read_version``), as plain methods or as coroutines. The
+sync driver runs a flow against plain methods; the async driver awaits coroutine
+primitives, or runs blocking ones in a worker thread so the event loop never stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime as dt
+import inspect
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from . import codec
+from .checkpoint import Checkpoint, Release, new_checkpoint_id
+from .errors import ConflictError, CorruptCheckpointError, SavegameError, SerializationError
+from .serde import Serializer
+
+__all__ = ["BaseSaver", "Call", "StoredCheckpoint"]
+
+R = TypeVar("R")
+_MAX_INT64 = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A checkpoint as a backend stores it: the envelope fields plus the encoded record.
+
+    ``keyframe_id`` is the root of the record's decode chain and ``base_id`` the record it
+    is a delta against (``None`` for a keyframe); ``depth`` counts the records a read
+    decodes. Backends store and return these values untouched.
+    """
+
+    thread_id: str
+    namespace: str
+    id: str
+    parent_id: str | None
+    step: int
+    node_id: str | None
+    next_node_id: str | None
+    metadata: Mapping[str, Any]
+    created_at: dt.datetime
+    record: bytes
+    keyframe_id: str
+    base_id: str | None
+    depth: int
+
+    def to_checkpoint(self, state: Mapping[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            thread_id=self.thread_id, state=state, namespace=self.namespace, id=self.id,
+            parent_id=self.parent_id, step=self.step, node_id=self.node_id,
+            next_node_id=self.next_node_id, metadata=self.metadata, created_at=self.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One IO primitive a flow needs: ``getattr(saver, name)(*args)``."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Emit:
+    """A value a listing flow hands to its consumer."""
+
+    value: Any
+
+
+Flow = Generator[Any, Any, R]
+
+
+class _RawCache:
+    """Serialized states of recently written or read checkpoints, bounded by bytes.
+
+    It lets "load latest, put next" cost one compression (the parent's bytes are at hand
+    for the delta) and lets reads start from a cached ancestor instead of the keyframe.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str, str], tuple[bytes, codec.RecordHeader]] = (
+            OrderedDict()
+        )
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> tuple[bytes, codec.RecordHeader] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple[str, str, str], raw: bytes, header: codec.RecordHeader) -> None:
+        if len(raw) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= len(old[0])
+            self._items[key] = (raw, header)
+            self._size += len(raw)
+            while self._size > self.max_bytes:
+                _, (evicted, _) = self._items.popitem(last=False)
+                self._size -= len(evicted)
+
+    def drop_thread(self, thread_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == thread_id]:
+                self._size -= len(self._items.pop(key)[0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+
+class BaseSaver:
+    """Public methods of every saver, sync and async, over a few IO primitives.
+
+    ``serializer`` turns state into bytes (default: the registry of ``register_type``),
+    ``policy`` decides keyframes, ``cache_bytes`` bounds the per-saver cache of serialized
+    states that makes deltas cheap.
+    """
+
+    #: True when the primitives block on IO (sync drivers): async methods then run them in
+    #: a worker thread. False for in-memory primitives and for coroutine primitives.
+    _blocking_io: ClassVar[bool] = False
+    #: True when the primitives are coroutines: sync methods are unavailable.
+    _async_only: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        serializer: Serializer | None = None,
+        policy: codec.KeyframePolicy | None = None,
+        cache_bytes: int = 64 << 20,
+    ):
+        self.serializer = serializer if serializer is not None else Serializer()
+        self.policy = policy if policy is not None else codec.KeyframePolicy()
+        self._cache = _RawCache(cache_bytes)
+
+    # -- public API, sync ------------------------------------------------------------
+    def put(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Store ``checkpoint``; returns it with ``id``, ``step``, ``parent_id`` and
+        ``created_at`` filled. Re-putting an id with the same content is a no-op; with other
+        content it raises :class:`ConflictError`."""
+        return self._run(self._put_flow(checkpoint))
+
+    def get(
+        self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
+    ) -> Checkpoint | None:
+        """One checkpoint, or the thread's latest when ``checkpoint_id`` is None."""
+        return self._run(self._get_flow(thread_id, checkpoint_id, namespace))
+
+    def list(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Iterator[Checkpoint]:
+        """Checkpoints of a thread, newest first; ``before`` keeps ids older than the one
+        given, ``metadata`` keeps checkpoints whose metadata has those exact values."""
+        return self._iterate(self._list_flow(thread_id, namespace, before, limit, metadata))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint and released version of the thread, all namespaces."""
+        self._run(self._delete_flow(thread_id))
+
+    def release(self, thread_id: str) -> Release:
+        """Close the thread's current run: versioned savers archive it as the next version,
+        others drop it. Returns what was released."""
+        return self._run(self._release_flow(thread_id))
+
+    def versions(self, thread_id: str) -> builtins.list[int]:
+        """Released versions of the thread, oldest first (empty on unversioned savers)."""
+        return self._run(self._versions_flow(thread_id))
+
+    def get_version(self, thread_id: str, version: int) -> Release | None:
+        """A released run of the thread, or None when there is no such version."""
+        return self._run(self._get_version_flow(thread_id, version))
+
+    # -- public API, async -----------------------------------------------------------
+    async def aput(self, checkpoint: Checkpoint) -> Checkpoint:
+        return await self._arun(self._put_flow(checkpoint))
+
+    async def aget(
+        self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
+    ) -> Checkpoint | None:
+        return await self._arun(self._get_flow(thread_id, checkpoint_id, namespace))
+
+    async def alist(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[Checkpoint]:
+        flow = self._list_flow(thread_id, namespace, before, limit, metadata)
+        async for item in self._aiterate(flow):
+            yield item
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._arun(self._delete_flow(thread_id))
+
+    async def arelease(self, thread_id: str) -> Release:
+        return await self._arun(self._release_flow(thread_id))
+
+    async def aversions(self, thread_id: str) -> builtins.list[int]:
+        return await self._arun(self._versions_flow(thread_id))
+
+    async def aget_version(self, thread_id: str, version: int) -> Release | None:
+        return await self._arun(self._get_version_flow(thread_id, version))
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        """Release resources the saver owns (nothing for in-memory savers)."""
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self: _S) -> _S:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- drivers ---------------------------------------------------------------------
+    def _guard(self) -> contextlib.AbstractContextManager[Any]:
+        """Held around a whole put/delete/release flow; in-memory savers lock here."""
+        return contextlib.nullcontext()
+
+    def _call(self, call: Call) -> Any:
+        result = getattr(self, call.name)(*call.args)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(
+                f"{type(self).__name__} is async-only: use its a-prefixed methods "
+                "(aput, aget, alist, ...) or the sync twin of this saver"
+            )
+        return result
+
+    async def _acall(self, call: Call) -> Any:
+        if self._blocking_io:
+            return await asyncio.to_thread(self._call, call)
+        result = getattr(self, call.name)(*call.args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _run(self, flow: Flow[R]) -> R:
+        with self._guard():
+            value: Any = None
+            while True:
+                try:
+                    call = flow.send(value)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                value = self._call(call)
+
+    async def _arun(self, flow: Flow[R]) -> R:
+        with self._guard():
+            value: Any = None
+            while True:
+                try:
+                    call = flow.send(value)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                value = await self._acall(call)
+
+    def _iterate(self, flow: Flow[None]) -> Iterator[Any]:
+        value: Any = None
+        while True:
+            try:
+                step = flow.send(value)
+            except StopIteration:
+                return
+            if isinstance(step, _Emit):
+                value = None
+                yield step.value
+            else:
+                value = self._call(step)
+
+    async def _aiterate(self, flow: Flow[None]) -> AsyncIterator[Any]:
+        value: Any = None
+        while True:
+            try:
+                step = flow.send(value)
+            except StopIteration:
+                return
+            if isinstance(step, _Emit):
+                value = None
+                yield step.value
+            else:
+                value = await self._acall(step)
+
+    # -- flows -----------------------------------------------------------------------
+    def _put_flow(self, checkpoint: Checkpoint) -> Flow[Checkpoint]:
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"put expects a Checkpoint, got {type(checkpoint).__qualname__}")
+        thread_id, namespace = checkpoint.thread_id, checkpoint.namespace
+        _check_ids(thread_id, namespace)
+        _check_optional_id("id", checkpoint.id)
+        _check_optional_id("parent_id", checkpoint.parent_id)
+        _check_optional_id("node_id", checkpoint.node_id, allow_empty=True)
+        _check_optional_id("next_node_id", checkpoint.next_node_id, allow_empty=True)
+        metadata = _check_metadata(checkpoint.metadata)
+        raw = self.serializer.dumps(checkpoint.state, root="state")  # before any IO
+        digest = codec.raw_hash(raw)
+
+        if checkpoint.id is not None:
+            existing = yield Call("_read", (thread_id, namespace, checkpoint.id))
+            if existing is not None:
+                return self._same_or_conflict(existing, checkpoint, metadata, digest)
+        if checkpoint.parent_id is None:
+            parent = yield Call("_read_latest", (thread_id, namespace))
+        else:
+            parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
+
+        base = self._cached_base(parent)
+        encoded = codec.encode(raw, base, self.policy, digest)
+        new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id()
+        delta = not encoded.header.is_keyframe
+        stored = StoredCheckpoint(
+            thread_id=thread_id,
+            namespace=namespace,
+            id=new_id,
+            parent_id=parent.id if parent is not None else checkpoint.parent_id,
+            step=parent.step + 1 if parent is not None else 0,
+            node_id=checkpoint.node_id,
+            next_node_id=checkpoint.next_node_id,
+            metadata=metadata,
+            created_at=_now(),
+            record=encoded.data,
+            keyframe_id=parent.keyframe_id if delta and parent is not None else new_id,
+            base_id=parent.id if delta and parent is not None else None,
+            depth=encoded.header.depth,
+        )
+        existing = yield Call("_insert", (stored,))
+        if existing is not None:  # lost a race for this id
+            return self._same_or_conflict(existing, checkpoint, metadata, digest)
+        self._cache.put((thread_id, namespace, new_id), raw, encoded.header)
+        return stored.to_checkpoint(checkpoint.state)
+
+    def _cached_base(
+        self, parent: StoredCheckpoint | None
+    ) -> tuple[bytes, codec.RecordHeader] | None:
+        if parent is None:
+            return None
+        cached = self._cache.get((parent.thread_id, parent.namespace, parent.id))
+        if cached is None:
+            return None
+        try:
+            header = self._header(parent)
+        except CorruptCheckpointError:
+            return None  # a corrupt parent must not become a base; the child is a keyframe
+        return cached if cached[1].raw_hash == header.raw_hash else None
+
+    def _same_or_conflict(
+        self,
+        existing: StoredCheckpoint,
+        checkpoint: Checkpoint,
+        metadata: Mapping[str, Any],
+        digest: bytes,
+    ) -> Checkpoint:
+        same = (
+            self._header(existing).raw_hash == digest
+            and existing.node_id == checkpoint.node_id
+            and existing.next_node_id == checkpoint.next_node_id
+            and dict(existing.metadata) == dict(metadata)
+            and (checkpoint.parent_id is None or checkpoint.parent_id == existing.parent_id)
+        )
+        if not same:
+            raise ConflictError(
+                f"checkpoint {existing.id!r} of thread {existing.thread_id!r} "
+                f"(namespace {existing.namespace!r}) already exists with different content"
+            )
+        return existing.to_checkpoint(checkpoint.state)
+
+    def _get_flow(
+        self, thread_id: str, checkpoint_id: str | None, namespace: str
+    ) -> Flow[Checkpoint | None]:
+        _check_ids(thread_id, namespace)
+        _check_optional_id("checkpoint_id", checkpoint_id)
+        if checkpoint_id is None:
+            stored = yield Call("_read_latest", (thread_id, namespace))
+        else:
+            stored = yield Call("_read", (thread_id, namespace, checkpoint_id))
+        if stored is None:
+            return None
+        assert isinstance(stored, StoredCheckpoint)
+        cached = self._cache.get((thread_id, namespace, stored.id))
+        if cached is not None and cached[1].raw_hash == self._header(stored).raw_hash:
+            raw = cached[0]
+        else:
+            lookup: dict[str, StoredCheckpoint] = {stored.id: stored}
+            if self._missing_keyframes([stored], lookup):
+                for item in (yield Call("_read_chains", (thread_id, namespace,
+                                                         [stored.keyframe_id]))):
+                    lookup.setdefault(item.id, item)
+            raw = self._decode(stored, lookup, {})
+            self._cache.put((thread_id, namespace, stored.id), raw, self._header(stored))
+        return stored.to_checkpoint(self._loads(raw, stored))
+
+    def _list_flow(
+        self,
+        thread_id: str,
+        namespace: str,
+        before: str | None,
+        limit: int | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Flow[None]:
+        _check_ids(thread_id, namespace)
+        _check_optional_id("before", before)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+        if metadata is not None:
+            metadata = _check_metadata(metadata)
+        if limit == 0:
+            return
+        items: builtins.list[StoredCheckpoint] = yield Call(
+            "_list", (thread_id, namespace, before, limit, metadata)
+        )
+        lookup = {item.id: item for item in items}
+        missing = self._missing_keyframes(items, lookup)
+        if missing:
+            for item in (yield Call("_read_chains", (thread_id, namespace, sorted(missing)))):
+                lookup.setdefault(item.id, item)
+        memo: dict[str, bytes] = {}
+        chain: str | None = None
+        for item in items:
+            if item.keyframe_id != chain:  # keep at most one chain's states in memory
+                memo.clear()
+                chain = item.keyframe_id
+            raw = memo.get(item.id) or self._decode(item, lookup, memo)
+            yield _Emit(item.to_checkpoint(self._loads(raw, item)))
+
+    def _delete_flow(self, thread_id: str) -> Flow[None]:
+        _check_ids(thread_id, "")
+        yield Call("_delete_thread", (thread_id,))
+        self._cache.drop_thread(thread_id)
+
+    def _release_flow(self, thread_id: str) -> Flow[Release]:
+        _check_ids(thread_id, "")
+        version, items = yield Call("_archive", (thread_id,))
+        self._cache.drop_thread(thread_id)
+        return Release(thread_id, version, self._decode_all(items))
+
+    def _versions_flow(self, thread_id: str) -> Flow[builtins.list[int]]:
+        _check_ids(thread_id, "")
+        versions = yield Call("_versions", (thread_id,))
+        return sorted(versions)
+
+    def _get_version_flow(self, thread_id: str, version: int) -> Flow[Release | None]:
+        _check_ids(thread_id, "")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise TypeError(f"version must be an int, got {type(version).__qualname__}")
+        items = yield Call("_read_version", (thread_id, version))
+        if items is None:
+            return None
+        return Release(thread_id, version, self._decode_all(items))
+
+    # -- decoding --------------------------------------------------------------------
+    def _header(self, stored: StoredCheckpoint) -> codec.RecordHeader:
+        try:
+            return codec.read_header(stored.record)
+        except codec.RecordError as exc:
+            raise _corrupt(stored, str(exc)) from None
+
+    def _missing_keyframes(
+        self, items: Sequence[StoredCheckpoint], lookup: Mapping[str, StoredCheckpoint]
+    ) -> set[str]:
+        """Keyframe ids of chains whose records are not all in ``lookup`` or the cache."""
+        missing: set[str] = set()
+        for item in items:
+            current = item
+            while current.base_id is not None:
+                if self._cache.get((item.thread_id, item.namespace, current.base_id)):
+                    break
+                parent = lookup.get(current.base_id)
+                if parent is None:
+                    missing.add(item.keyframe_id)
+                    break
+                current = parent
+        return missing
+
+    def _decode(
+        self,
+        target: StoredCheckpoint,
+        lookup: Mapping[str, StoredCheckpoint],
+        memo: dict[str, bytes],
+    ) -> bytes:
+        """The serialized state of ``target``, decoding from the nearest known ancestor.
+
+        ``memo`` maps checkpoint ids to already decoded states and is extended with every
+        state decoded here, so decoding a chain newest-first decodes each record once.
+        """
+        path = [target]
+        base: tuple[bytes, codec.RecordHeader] | None = None
+        current = target
+        while current.base_id is not None:
+            key = (target.thread_id, target.namespace, current.base_id)
+            known = memo.get(current.base_id)
+            if known is not None:
+                parent = lookup.get(current.base_id)
+                if parent is not None:
+                    base = (known, self._header(parent))
+                    break
+            cached = self._cache.get(key)
+            if cached is not None:
+                base = cached
+                break
+            parent = lookup.get(current.base_id)
+            if parent is None:
+                raise _corrupt(
+                    target, f"the base record {current.base_id!r} of {current.id!r} is missing"
+                )
+            path.append(parent)
+            current = parent
+        path.reverse()
+        if base is not None and path[0].depth != base[1].depth + 1:
+            raise _corrupt(target, "record chain depth is inconsistent")
+        try:
+            raws = codec.decode_path([p.record for p in path], base)
+        except codec.RecordError as exc:
+            failed = path[min(exc.position, len(path) - 1)]
+            detail = f"record {failed.id!r}: {exc}" if failed is not target else str(exc)
+            raise _corrupt(target, detail) from None
+        for item, raw in zip(path, raws, strict=True):
+            memo[item.id] = raw
+        return raws[-1]
+
+    def _decode_all(self, items: Sequence[StoredCheckpoint]) -> tuple[Checkpoint, ...]:
+        """Decode a whole released run (every chain complete), newest first."""
+        lookup = {item.id: item for item in items}
+        memos: dict[tuple[str, str], dict[str, bytes]] = {}
+        out = []
+        for item in sorted(items, key=lambda s: (s.namespace, s.keyframe_id, s.depth)):
+            memo = memos.setdefault((item.namespace, item.keyframe_id), {})
+            raw = memo.get(item.id) or self._decode(item, lookup, memo)
+            out.append(item.to_checkpoint(self._loads(raw, item)))
+        out.sort(key=lambda c: (c.id or ""), reverse=True)
+        return tuple(out)
+
+    def _loads(self, raw: bytes, stored: StoredCheckpoint) -> dict[str, Any]:
+        try:
+            state = self.serializer.loads(raw)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"{exc} (thread {stored.thread_id!r}, namespace {stored.namespace!r}, "
+                f"checkpoint {stored.id!r})",
+                path=exc.path, type_name=exc.type_name,
+            ) from None
+        except SavegameError:
+            raise
+        except Exception as exc:
+            raise _corrupt(stored, f"state bytes do not deserialize: {exc}") from None
+        if not isinstance(state, dict):
+            raise _corrupt(stored, "stored state is not a mapping")
+        return state
+
+
+_S = TypeVar("_S", bound=BaseSaver)
+
+
+def _corrupt(stored: StoredCheckpoint, message: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"cannot decode checkpoint: {message}",
+        thread_id=stored.thread_id, namespace=stored.namespace, checkpoint_id=stored.id,
+    )
+
+
+def _now() -> dt.datetime:
+    """UTC now, truncated to milliseconds (what BSON dates keep), so every saver agrees."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _check_ids(thread_id: object, namespace: object) -> None:
+    if not isinstance(thread_id, str):
+        raise TypeError(f"thread_id must be a str, got {type(thread_id).__qualname__}")
+    if not thread_id:
+        raise ValueError("thread_id must not be empty")
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, got {type(namespace).__qualname__}")
+
+
+def _check_optional_id(name: str, value: object, *, allow_empty: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__qualname__}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+
+
+def _check_metadata(metadata: object) -> dict[str, Any]:
+    """Metadata is small JSON-like data every backend can store and filter on."""
+    if not isinstance(metadata, Mapping):
+        raise SerializationError(
+            f"metadata must be a mapping, got {type(metadata).__qualname__}",
+            path="metadata", type_name=type(metadata).__qualname__,
+        )
+    _check_json_like(metadata, "metadata")
+    return dict(metadata)
+
+
+def _check_json_like(value: object, path: str) -> None:
+    if value is None or isinstance(value, (bool, str, float)):
+        return
+    if isinstance(value, int):
+        if not -_MAX_INT64 - 1 <= value <= _MAX_INT64:
+            raise SerializationError(f"{path} does not fit in 64 bits", path=path, type_name="int")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json_like(item, f"{path}[{index}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or key.startswith("$") or "." in key \
+                    or "\x00" in key:
+                raise SerializationError(
+                    f"{path} has key {key!r}: metadata keys must be non-empty str without "
+                    "'.', NUL or a leading '$'",
+                    path=f"{path}[{key!r}]", type_name=type(key).__qualname__,
+                )
+            _check_json_like(item, f"{path}[{key!r}]")
+        return
+    raise SerializationError(
+        f"{path} holds {type(value).__qualname__}; metadata must be JSON-like "
+        "(None, bool, int, float, str, list, dict)",
+        path=path, type_name=type(value).__qualname__,
+    )
+

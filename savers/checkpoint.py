@@ -1,0 +1,80 @@
+"""The value types every saver speaks: ``Checkpoint`` and ``Release``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["Checkpoint", "Release", "new_checkpoint_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The state of one thread after one step.
+
+    ``id``, ``step`` and ``created_at`` are filled in by ``put``. ``parent_id=None`` on put
+    means "child of the thread's latest checkpoint"; an explicit older parent makes a fork.
+    """
+
+    thread_id: str
+    state: Mapping[str, Any]
+    namespace: str = ""
+    id: str | None = None
+    parent_id: str | None = None
+    step: int | None = None
+    node_id: str | None = None
+    next_node_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A closed run of a thread: ``version`` is 1, 2, 3... on versioned savers, ``None`` otherwise.
+
+    ``checkpoints`` holds every checkpoint of the run, all namespaces, newest first.
+    """
+
+    thread_id: str
+    version: int | None
+    checkpoints: tuple[Checkpoint, ...]
+
+
+class _IdClock:
+    """UUIDv7 strings, strictly increasing within the process (their text sorts by time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._seq = 0
+
+    def next(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms <= self._last_ms:
+                self._seq += 1
+                if self._seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                    self._last_ms += 1
+                    self._seq = 0
+                ms = self._last_ms
+            else:
+                self._last_ms = ms
+                self._seq = 0
+            seq = self._seq
+        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+        return str(uuid.UUID(int=value))
+
+
+_clock = _IdClock()
+
+
+def new_checkpoint_id() -> str:
+    """A fresh time-ordered checkpoint id (UUIDv7 text; later ids sort after earlier ones)."""
+    return _clock.next()

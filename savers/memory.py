@@ -1,0 +1,168 @@
+"""In-process savers: checkpoints kept as encoded records in dictionaries."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import BaseSaver, StoredCheckpoint
+
+__all__ = ["MemorySaver", "VersionedMemorySaver"]
+
+
+@dataclass
+class _Space:
+    """The checkpoints of one (thread, namespace), with ids kept sorted (newest last)."""
+
+    ids: list[str] = field(default_factory=list)
+    items: dict[str, StoredCheckpoint] = field(default_factory=dict)
+    chains: dict[str, list[str]] = field(default_factory=dict)
+
+
+class MemorySaver(BaseSaver):
+    """Checkpoints in process memory, delta-encoded and compressed like every saver.
+
+    Safe to share between threads and asyncio tasks: every operation holds one lock, and no
+    operation awaits while holding it. ``release`` drops the thread's run.
+    """
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self._threads: dict[str, dict[str, _Space]] = {}
+        self._lock = threading.RLock()
+
+    def _guard(self) -> contextlib.AbstractContextManager[Any]:
+        return self._lock
+
+    def storage_bytes(self) -> int:
+        """Bytes of encoded records held (the stored payload, without Python overhead)."""
+        with self._lock:
+            return sum(
+                len(item.record)
+                for spaces in self._threads.values()
+                for space in spaces.values()
+                for item in space.items.values()
+            )
+
+    # -- primitives ------------------------------------------------------------------
+    def _space(self, thread_id: str, namespace: str) -> _Space | None:
+        return self._threads.get(thread_id, {}).get(namespace)
+
+    def _read(self, thread_id: str, namespace: str, checkpoint_id: str) -> StoredCheckpoint | None:
+        with self._lock:
+            space = self._space(thread_id, namespace)
+            return None if space is None else space.items.get(checkpoint_id)
+
+    def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
+        with self._lock:
+            space = self._space(thread_id, namespace)
+            return None if space is None or not space.ids else space.items[space.ids[-1]]
+
+    def _read_chains(
+        self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
+    ) -> list[StoredCheckpoint]:
+        with self._lock:
+            space = self._space(thread_id, namespace)
+            if space is None:
+                return []
+            return [space.items[i] for k in keyframe_ids for i in space.chains.get(k, ())]
+
+    def _insert(self, stored: StoredCheckpoint) -> StoredCheckpoint | None:
+        with self._lock:
+            spaces = self._threads.setdefault(stored.thread_id, {})
+            space = spaces.setdefault(stored.namespace, _Space())
+            existing = space.items.get(stored.id)
+            if existing is not None:
+                return existing
+            space.items[stored.id] = stored
+            bisect.insort(space.ids, stored.id)
+            space.chains.setdefault(stored.keyframe_id, []).append(stored.id)
+            return None
+
+    def _list(
+        self,
+        thread_id: str,
+        namespace: str,
+        before: str | None,
+        limit: int | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> list[StoredCheckpoint]:
+        with self._lock:
+            space = self._space(thread_id, namespace)
+            if space is None:
+                return []
+            end = len(space.ids) if before is None else bisect.bisect_left(space.ids, before)
+            out: list[StoredCheckpoint] = []
+            for index in range(end - 1, -1, -1):
+                item = space.items[space.ids[index]]
+                if metadata and any(
+                    key not in item.metadata or item.metadata[key] != value
+                    for key, value in metadata.items()
+                ):
+                    continue
+                out.append(item)
+                if limit is not None and len(out) >= limit:
+                    break
+            return out
+
+    def _take_thread(self, thread_id: str) -> list[StoredCheckpoint]:
+        spaces = self._threads.pop(thread_id, {})
+        return [item for space in spaces.values() for item in space.items.values()]
+
+    def _delete_thread(self, thread_id: str) -> None:
+        with self._lock:
+            self._take_thread(thread_id)
+
+    def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
+        with self._lock:
+            return None, self._take_thread(thread_id)
+
+    def _versions(self, thread_id: str) -> list[int]:
+        return []
+
+    def _read_version(self, thread_id: str, version: int) -> list[StoredCheckpoint] | None:
+        return None
+
+
+class VersionedMemorySaver(MemorySaver):
+    """A MemorySaver whose ``release`` archives the run as version 1, 2, 3... which stays
+    readable through ``versions`` and ``get_version``; the thread id starts afresh."""
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self._released: dict[str, dict[int, list[StoredCheckpoint]]] = {}
+
+    def storage_bytes(self) -> int:
+        with self._lock:
+            archived = sum(
+                len(item.record)
+                for runs in self._released.values()
+                for items in runs.values()
+                for item in items
+            )
+        return super().storage_bytes() + archived
+
+    def _delete_thread(self, thread_id: str) -> None:
+        with self._lock:
+            self._take_thread(thread_id)
+            self._released.pop(thread_id, None)
+
+    def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
+        with self._lock:
+            items = self._take_thread(thread_id)
+            runs = self._released.setdefault(thread_id, {})
+            version = max(runs, default=0) + 1
+            runs[version] = items
+            return version, items
+
+    def _versions(self, thread_id: str) -> list[int]:
+        with self._lock:
+            return list(self._released.get(thread_id, {}))
+
+    def _read_version(self, thread_id: str, version: int) -> list[StoredCheckpoint] | None:
+        with self._lock:
+            return self._released.get(thread_id, {}).get(version)

@@ -1,0 +1,395 @@
+"""State <-> bytes: type-tagged msgpack with an explicit allowlist for custom types.
+
+Plain data (None, bool, int, float, str, bytes, list, dict) is msgpack-native and takes
+msgpack's C fast path. Everything else travels as a msgpack extension with a tag of ours:
+tuples, sets, big ints, dates and times, UUIDs, Decimals, and the enums, dataclasses, attrs
+classes and pydantic models registered with :func:`register_type`. Stored data names a
+registered type by its registry name only; nothing is ever imported by a name read from
+storage, and pickle is used only when a serializer is built with ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from typing import Any, TypeVar, cast
+
+import cattrs
+import msgpack
+
+from .errors import SerializationError
+
+__all__ = ["Serializer", "TypeRegistry", "default_registry", "register_type"]
+
+T = TypeVar("T")
+
+# Extension tags. Never renumber: they are part of the stored format.
+_TUPLE, _SET, _FROZENSET, _BIGINT = 1, 2, 3, 4
+_DATETIME, _DATE, _TIME, _TIMEDELTA = 5, 6, 7, 8
+_UUID, _DECIMAL, _ENUM, _OBJECT, _BYTEARRAY, _PICKLE = 9, 10, 11, 12, 13, 14
+
+_NATIVE = (type(None), bool, int, float, str, bytes, list, dict)
+_VALUE_TYPES: tuple[type, ...] = (
+    dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, Decimal, bytearray,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    cls: type
+    name: str
+    unstructure: Callable[[Any], dict[str, Any]]
+    structure: Callable[[dict[str, Any]], Any]
+
+
+class _NotSerializable(Exception):
+    """Raised inside msgpack's ``default`` hook; turned into a SerializationError with a path."""
+
+    def __init__(self, obj: object, reason: str):
+        super().__init__(reason)
+        self.obj = obj
+        self.reason = reason
+
+
+class TypeRegistry:
+    """The allowlist of custom types a serializer may write and read, by stable name."""
+
+    def __init__(self) -> None:
+        self._by_cls: dict[type, _Entry] = {}
+        self._by_name: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._converter = cattrs.Converter(detailed_validation=False)
+        # Field values arrive already decoded (datetimes, nested registered objects...):
+        # cattrs must hand such values through instead of re-structuring them.
+        self._converter.register_structure_hook_func(self._is_passthrough, _passthrough)
+
+    def _is_passthrough(self, tp: Any) -> bool:
+        return isinstance(tp, type) and (tp in self._by_cls or issubclass(tp, _VALUE_TYPES))
+
+    def register(
+        self,
+        cls: type[T],
+        *,
+        name: str | None = None,
+        unstructure: Callable[[T], Mapping[str, Any]] | None = None,
+        structure: Callable[[dict[str, Any]], T] | None = None,
+    ) -> type[T]:
+        if not isinstance(cls, type):
+            raise TypeError(f"register_type expects a class, got {cls!r}")
+        key = name or f"{cls.__module__}.{cls.__qualname__}"
+        if issubclass(cls, enum.Enum):
+            unstr: Callable[[Any], dict[str, Any]] = _no_fields
+            struct: Callable[[dict[str, Any]], Any] = _no_fields
+        elif unstructure is not None or structure is not None:
+            if unstructure is None or structure is None:
+                raise TypeError("give both unstructure and structure, or neither")
+            unstr = _as_dict(unstructure)
+            struct = structure
+        else:
+            unstr, struct = self._field_codec(cls)
+        entry = _Entry(cls, key, unstr, struct)
+        with self._lock:
+            other = self._by_name.get(key)
+            if other is not None and other.cls is not cls:
+                raise ValueError(f"registry name {key!r} is already taken by {other.cls!r}")
+            self._by_cls[cls] = entry
+            self._by_name[key] = entry
+        return cls
+
+    def _field_codec(
+        self, cls: type
+    ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], Any]]:
+        """Shallow field maps: nested values are serialized by the serializer, so every
+        nested custom object must itself be registered (and keeps its exact type)."""
+        names: list[str]
+        if dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls) if f.init]
+        elif hasattr(cls, "__attrs_attrs__"):
+            names = [a.alias for a in cls.__attrs_attrs__ if a.init]
+            attr_names = [a.name for a in cls.__attrs_attrs__ if a.init]
+            pairs = list(zip(attr_names, names, strict=True))
+            converter = self._converter
+
+            def unstructure_attrs(obj: Any) -> dict[str, Any]:
+                return {alias: getattr(obj, attr) for attr, alias in pairs}
+
+            def structure_attrs(data: dict[str, Any]) -> Any:
+                return converter.structure(data, cls)
+
+            return unstructure_attrs, structure_attrs
+        elif hasattr(cls, "model_fields") and hasattr(cls, "model_validate"):
+            fields = list(cls.model_fields)
+
+            def unstructure_model(obj: Any) -> dict[str, Any]:
+                return {n: getattr(obj, n) for n in fields}
+
+            def structure_model(data: dict[str, Any]) -> Any:
+                return cls.model_validate(data)
+
+            return unstructure_model, structure_model
+        else:
+            raise TypeError(
+                f"{cls.__qualname__} is not a dataclass, attrs class, pydantic model or Enum; "
+                "pass unstructure= and structure= to register it"
+            )
+        converter = self._converter
+
+        def unstructure_fields(obj: Any) -> dict[str, Any]:
+            return {n: getattr(obj, n) for n in names}
+
+        def structure_fields(data: dict[str, Any]) -> Any:
+            return converter.structure(data, cls)
+
+        return unstructure_fields, structure_fields
+
+    def entry_for(self, cls: type) -> _Entry | None:
+        return self._by_cls.get(cls)
+
+    def entry_named(self, name: str) -> _Entry | None:
+        return self._by_name.get(name)
+
+
+def _passthrough(value: Any, tp: type) -> Any:
+    if isinstance(value, tp):
+        return value
+    raise SerializationError(
+        f"field of type {tp.__qualname__} holds {type(value).__qualname__}",
+        type_name=type(value).__qualname__,
+    )
+
+
+def _as_dict(unstructure: Callable[[Any], Mapping[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    return lambda obj: dict(unstructure(obj))
+
+
+def _no_fields(_: Any) -> Any:
+    return {}
+
+
+default_registry = TypeRegistry()
+
+
+def register_type(
+    cls: type[T],
+    *,
+    name: str | None = None,
+    unstructure: Callable[[T], Mapping[str, Any]] | None = None,
+    structure: Callable[[dict[str, Any]], T] | None = None,
+) -> type[T]:
+    """Allow ``cls`` in stored state, under ``name`` (default ``module.QualName``).
+
+    Works for Enums, dataclasses, attrs classes and pydantic models; any other class needs
+    ``unstructure`` (object -> dict of field values) and ``structure`` (dict -> object).
+    Usable as a class decorator. The name is what is stored: keep it stable.
+    """
+    return default_registry.register(cls, name=name, unstructure=unstructure, structure=structure)
+
+
+def _tz_fields(tz: dt.tzinfo | None, value: object) -> Any:
+    if tz is None:
+        return None
+    if isinstance(tz, dt.timezone):
+        offset = tz.utcoffset(None)
+        return [offset.days * 86400 + offset.seconds, offset.microseconds]
+    key = getattr(tz, "key", None)  # zoneinfo.ZoneInfo
+    if isinstance(key, str) and type(tz).__module__ == "zoneinfo":
+        return key
+    raise _NotSerializable(value, f"tzinfo {type(tz).__qualname__} is not supported")
+
+
+def _tz_from(fields: Any) -> dt.tzinfo | None:
+    if fields is None:
+        return None
+    if isinstance(fields, str):
+        import zoneinfo
+
+        return zoneinfo.ZoneInfo(fields)
+    seconds, micros = fields
+    return dt.timezone(dt.timedelta(seconds=seconds, microseconds=micros))
+
+
+class Serializer:
+    """Turns a state mapping into bytes and back, exactly.
+
+    ``registry`` is the allowlist of custom types (default: the one :func:`register_type`
+    fills). ``allow_pickle=True`` pickles unregistered objects and unpickles them on load;
+    never enable it for storage that someone else can write.
+    """
+
+    def __init__(self, registry: TypeRegistry | None = None, *, allow_pickle: bool = False):
+        self.registry = registry if registry is not None else default_registry
+        self.allow_pickle = allow_pickle
+
+    # -- writing ---------------------------------------------------------------------
+    def dumps(self, state: Mapping[str, Any], *, root: str = "state") -> bytes:
+        """Serialize a state mapping. Raises SerializationError naming the key path."""
+        if type(state) is not dict:
+            if not isinstance(state, Mapping):
+                raise SerializationError(
+                    f"{root} must be a mapping, got {type(state).__qualname__}",
+                    path=root, type_name=type(state).__qualname__,
+                )
+            state = dict(state)
+        try:
+            return self._pack(state)
+        except (_NotSerializable, OverflowError, ValueError, TypeError) as exc:
+            raise self._explain(state, root, exc) from None
+
+    def _pack(self, obj: Any) -> bytes:
+        return cast(bytes, msgpack.packb(obj, default=self._default, strict_types=True,
+                                         use_bin_type=True))
+
+    def _default(self, obj: Any) -> msgpack.ExtType:
+        cls = type(obj)
+        if cls is tuple:
+            return msgpack.ExtType(_TUPLE, self._pack(list(obj)))
+        if cls is set or cls is frozenset:
+            return msgpack.ExtType(_SET if cls is set else _FROZENSET, self._pack(_ordered(obj)))
+        if cls is int:  # outside msgpack's 64-bit range
+            length = (obj.bit_length() + 8) // 8
+            return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
+        if cls is dt.datetime:
+            fields = [obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
+                      obj.microsecond, obj.fold, _tz_fields(obj.tzinfo, obj)]
+            return msgpack.ExtType(_DATETIME, self._pack(fields))
+        if cls is dt.date:
+            return msgpack.ExtType(_DATE, self._pack([obj.year, obj.month, obj.day]))
+        if cls is dt.time:
+            fields = [obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold,
+                      _tz_fields(obj.tzinfo, obj)]
+            return msgpack.ExtType(_TIME, self._pack(fields))
+        if cls is dt.timedelta:
+            return msgpack.ExtType(_TIMEDELTA, self._pack([obj.days, obj.seconds,
+                                                           obj.microseconds]))
+        if cls is uuid.UUID:
+            return msgpack.ExtType(_UUID, obj.bytes)
+        if cls is Decimal:
+            return msgpack.ExtType(_DECIMAL, str(obj).encode())
+        if cls is bytearray:
+            return msgpack.ExtType(_BYTEARRAY, bytes(obj))
+        entry = self.registry.entry_for(cls)
+        if entry is not None:
+            if isinstance(obj, enum.Enum):
+                return msgpack.ExtType(_ENUM, self._pack([entry.name, obj.value]))
+            return msgpack.ExtType(_OBJECT, self._pack([entry.name, entry.unstructure(obj)]))
+        if self.allow_pickle:
+            import pickle
+
+            return msgpack.ExtType(_PICKLE, pickle.dumps(obj, protocol=5))
+        raise _NotSerializable(obj, "unregistered type")
+
+    def _explain(self, state: Any, root: str, exc: BaseException) -> SerializationError:
+        """Find the key path of the first value we cannot write (slow; error path only)."""
+        for path, value in self._walk(state, root):
+            reason = self._refusal(value)
+            if reason is not None:
+                name = f"{type(value).__module__}.{type(value).__qualname__}"
+                return SerializationError(
+                    f"cannot serialize {path}: {reason} {name}"
+                    + (" (register it with savegame.savers.serde.register_type)"
+                       if reason == "unregistered type" else ""),
+                    path=path, type_name=name,
+                )
+        return SerializationError(f"cannot serialize {root}: {exc}", path=root)
+
+    def _refusal(self, value: Any) -> str | None:
+        cls = type(value)
+        if cls in _NATIVE or cls in (tuple, set, frozenset) or cls in _VALUE_TYPES:
+            if cls in (dt.datetime, dt.time):
+                try:
+                    _tz_fields(value.tzinfo, value)
+                except _NotSerializable as exc:
+                    return exc.reason + " in"
+            return None
+        if self.registry.entry_for(cls) is not None or self.allow_pickle:
+            return None
+        return "unregistered type"
+
+    def _walk(self, value: Any, path: str) -> Iterator[tuple[str, Any]]:
+        yield path, value
+        cls = type(value)
+        if cls is dict:
+            for key, item in value.items():
+                yield path + f"[{key!r}]", key
+                yield from self._walk(item, f"{path}[{key!r}]")
+        elif cls in (list, tuple):
+            for index, item in enumerate(value):
+                yield from self._walk(item, f"{path}[{index}]")
+        elif cls in (set, frozenset):
+            for item in value:
+                yield from self._walk(item, f"{path}{{{item!r}}}")
+        else:
+            entry = self.registry.entry_for(cls)
+            if entry is not None and not isinstance(value, enum.Enum):
+                for name, item in entry.unstructure(value).items():
+                    yield from self._walk(item, f"{path}.{name}")
+
+    # -- reading ---------------------------------------------------------------------
+    def loads(self, data: bytes) -> Any:
+        """Deserialize bytes written by :meth:`dumps`. Refuses unregistered type names."""
+        return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
+
+    def _unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == _TUPLE:
+            return tuple(self._unpack(data))
+        if code == _SET:
+            return set(self._unpack(data))
+        if code == _FROZENSET:
+            return frozenset(self._unpack(data))
+        if code == _BIGINT:
+            return int.from_bytes(data, "big", signed=True)
+        if code == _DATETIME:
+            y, mo, d, h, mi, s, us, fold, tz = self._unpack(data)
+            return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz_from(tz), fold=fold)
+        if code == _DATE:
+            return dt.date(*self._unpack(data))
+        if code == _TIME:
+            h, mi, s, us, fold, tz = self._unpack(data)
+            return dt.time(h, mi, s, us, tzinfo=_tz_from(tz), fold=fold)
+        if code == _TIMEDELTA:
+            days, seconds, micros = self._unpack(data)
+            return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+        if code == _UUID:
+            return uuid.UUID(bytes=data)
+        if code == _DECIMAL:
+            return Decimal(data.decode())
+        if code == _BYTEARRAY:
+            return bytearray(data)
+        if code in (_ENUM, _OBJECT):
+            name, payload = self._unpack(data)
+            entry = self.registry.entry_named(name)
+            if entry is None:
+                raise SerializationError(
+                    f"stored data names type {name!r}, which is not registered; "
+                    "call savegame.savers.serde.register_type on it before loading",
+                    type_name=name,
+                )
+            if code == _ENUM:
+                return entry.cls(payload)
+            return entry.structure(payload)
+        if code == _PICKLE:
+            if not self.allow_pickle:
+                raise SerializationError(
+                    "stored data holds a pickled object and this serializer does not allow "
+                    "pickle (Serializer(allow_pickle=True) opts in)"
+                )
+            import pickle
+
+            return pickle.loads(data)
+        raise SerializationError(f"unknown extension tag {code} in stored data")
+
+
+def _ordered(items: set[Any] | frozenset[Any]) -> list[Any]:
+    """Set members in a stable order where they sort, so equal sets give equal bytes."""
+    try:
+        return sorted(items)
+    except TypeError:
+        return list(items)
