@@ -82,45 +82,57 @@ class _Emit:
 Flow = Generator[Any, Any, R]
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A decoded state: its bytes, its record header, and the id of its nearest anchor
+    (itself when it is an anchor or keyframe), which a child may be encoded against."""
+
+    raw: bytes
+    header: codec.RecordHeader
+    anchor_id: str
+
+    @property
+    def base(self) -> codec.Base:
+        return codec.Base(self.raw, self.header)
+
+
 class _RawCache:
     """Serialized states of recently written or read checkpoints, bounded by bytes.
 
-    It lets "load latest, put next" cost one compression (the parent's bytes are at hand
-    for the delta) and lets reads start from a cached ancestor instead of the keyframe.
+    It lets "load latest, put next" cost one compression (the parent's and its anchor's
+    bytes are at hand for the delta) and lets reads start from a cached ancestor.
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str, str], tuple[bytes, codec.RecordHeader]] = (
-            OrderedDict()
-        )
+        self._items: OrderedDict[tuple[str, str, str], _Known] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str, str]) -> tuple[bytes, codec.RecordHeader] | None:
+    def get(self, key: tuple[str, str, str]) -> _Known | None:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: tuple[str, str, str], raw: bytes, header: codec.RecordHeader) -> None:
-        if len(raw) > self.max_bytes:
+    def put(self, key: tuple[str, str, str], known: _Known) -> None:
+        if len(known.raw) > self.max_bytes:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self._size -= len(old[0])
-            self._items[key] = (raw, header)
-            self._size += len(raw)
+                self._size -= len(old.raw)
+            self._items[key] = known
+            self._size += len(known.raw)
             while self._size > self.max_bytes:
-                _, (evicted, _) = self._items.popitem(last=False)
-                self._size -= len(evicted)
+                _, evicted = self._items.popitem(last=False)
+                self._size -= len(evicted.raw)
 
     def drop_thread(self, thread_id: str) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] == thread_id]:
-                self._size -= len(self._items.pop(key)[0])
+                self._size -= len(self._items.pop(key).raw)
 
     def clear(self) -> None:
         with self._lock:
@@ -342,10 +354,19 @@ class BaseSaver:
         else:
             parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
 
-        base = self._cached_base(parent)
-        encoded = codec.encode(raw, base, self.policy, digest)
+        known = self._known(parent)
+        anchor = None
+        if known is not None and parent is not None:
+            anchor = known if known.anchor_id == parent.id else self._cache.get(
+                (thread_id, namespace, known.anchor_id))
+        encoded = codec.encode(raw, known.base if known else None,
+                               anchor.base if anchor else None, self.policy, digest)
         new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id()
-        delta = not encoded.header.is_keyframe
+        base_id: str | None = None
+        if encoded.base == codec.DELTA and parent is not None:
+            base_id = parent.id
+        elif encoded.base == codec.ANCHOR and known is not None:
+            base_id = known.anchor_id
         stored = StoredCheckpoint(
             thread_id=thread_id,
             namespace=namespace,
@@ -357,29 +378,29 @@ class BaseSaver:
             metadata=metadata,
             created_at=_now(),
             record=encoded.data,
-            keyframe_id=parent.keyframe_id if delta and parent is not None else new_id,
-            base_id=parent.id if delta and parent is not None else None,
+            keyframe_id=parent.keyframe_id if base_id and parent is not None else new_id,
+            base_id=base_id,
             depth=encoded.header.depth,
         )
         existing = yield Call("_insert", (stored,))
         if existing is not None:  # lost a race for this id
             return self._same_or_conflict(existing, checkpoint, metadata, digest)
-        self._cache.put((thread_id, namespace, new_id), raw, encoded.header)
+        anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
+        self._cache.put((thread_id, namespace, new_id), _Known(raw, encoded.header, anchor_id))
         return stored.to_checkpoint(checkpoint.state)
 
-    def _cached_base(
-        self, parent: StoredCheckpoint | None
-    ) -> tuple[bytes, codec.RecordHeader] | None:
-        if parent is None:
+    def _known(self, stored: StoredCheckpoint | None) -> _Known | None:
+        """The cached decoded state of ``stored``, if the cache holds exactly that state."""
+        if stored is None:
             return None
-        cached = self._cache.get((parent.thread_id, parent.namespace, parent.id))
+        cached = self._cache.get((stored.thread_id, stored.namespace, stored.id))
         if cached is None:
             return None
         try:
-            header = self._header(parent)
+            header = self._header(stored)
         except CorruptCheckpointError:
-            return None  # a corrupt parent must not become a base; the child is a keyframe
-        return cached if cached[1].raw_hash == header.raw_hash else None
+            return None  # a corrupt record must not become a base; the child is a keyframe
+        return cached if cached.header.raw_hash == header.raw_hash else None
 
     def _same_or_conflict(
         self,
@@ -414,17 +435,16 @@ class BaseSaver:
         if stored is None:
             return None
         assert isinstance(stored, StoredCheckpoint)
-        cached = self._cache.get((thread_id, namespace, stored.id))
-        if cached is not None and cached[1].raw_hash == self._header(stored).raw_hash:
-            raw = cached[0]
+        cached = self._known(stored)
+        if cached is not None:
+            raw = cached.raw
         else:
             lookup: dict[str, StoredCheckpoint] = {stored.id: stored}
             if self._missing_keyframes([stored], lookup):
                 for item in (yield Call("_read_chains", (thread_id, namespace,
                                                          [stored.keyframe_id]))):
                     lookup.setdefault(item.id, item)
-            raw = self._decode(stored, lookup, {})
-            self._cache.put((thread_id, namespace, stored.id), raw, self._header(stored))
+            raw = self._decode(stored, lookup, {}, remember=True)
         return stored.to_checkpoint(self._loads(raw, stored))
 
     def _list_flow(
@@ -514,24 +534,26 @@ class BaseSaver:
         target: StoredCheckpoint,
         lookup: Mapping[str, StoredCheckpoint],
         memo: dict[str, bytes],
+        *,
+        remember: bool = False,
     ) -> bytes:
         """The serialized state of ``target``, decoding from the nearest known ancestor.
 
         ``memo`` maps checkpoint ids to already decoded states and is extended with every
         state decoded here, so decoding a chain newest-first decodes each record once.
+        ``remember`` caches the result and its anchor, so a put that follows is a delta.
         """
         path = [target]
-        base: tuple[bytes, codec.RecordHeader] | None = None
+        base: _Known | None = None
         current = target
         while current.base_id is not None:
-            key = (target.thread_id, target.namespace, current.base_id)
             known = memo.get(current.base_id)
             if known is not None:
                 parent = lookup.get(current.base_id)
                 if parent is not None:
-                    base = (known, self._header(parent))
+                    base = _Known(known, self._header(parent), "")
                     break
-            cached = self._cache.get(key)
+            cached = self._cache.get((target.thread_id, target.namespace, current.base_id))
             if cached is not None:
                 base = cached
                 break
@@ -543,17 +565,37 @@ class BaseSaver:
             path.append(parent)
             current = parent
         path.reverse()
-        if base is not None and path[0].depth != base[1].depth + 1:
+        if base is not None and path[0].depth != base.header.depth + 1:
             raise _corrupt(target, "record chain depth is inconsistent")
         try:
-            raws = codec.decode_path([p.record for p in path], base)
+            raws = codec.decode_path([p.record for p in path], base.base if base else None)
         except codec.RecordError as exc:
             failed = path[min(exc.position, len(path) - 1)]
             detail = f"record {failed.id!r}: {exc}" if failed is not target else str(exc)
             raise _corrupt(target, detail) from None
         for item, raw in zip(path, raws, strict=True):
             memo[item.id] = raw
+        if remember:
+            self._remember(path, raws, base)
         return raws[-1]
+
+    def _remember(
+        self, path: Sequence[StoredCheckpoint], raws: Sequence[bytes], base: _Known | None
+    ) -> None:
+        """Cache the decoded tip of ``path`` and its nearest anchor."""
+        anchor_id = base.anchor_id if base is not None else ""
+        anchor: tuple[StoredCheckpoint, bytes] | None = None
+        for item, raw in zip(path, raws, strict=True):
+            if self._header(item).is_anchor:
+                anchor, anchor_id = (item, raw), item.id
+        tip = path[-1]
+        if anchor is not None and anchor[0] is not tip:
+            item, raw = anchor
+            self._cache.put((item.thread_id, item.namespace, item.id),
+                            _Known(raw, self._header(item), item.id))
+        if anchor_id:
+            self._cache.put((tip.thread_id, tip.namespace, tip.id),
+                            _Known(raws[-1], self._header(tip), anchor_id))
 
     def _decode_all(self, items: Sequence[StoredCheckpoint]) -> tuple[Checkpoint, ...]:
         """Decode a whole released run (every chain complete), newest first."""

@@ -1,21 +1,31 @@
 """Records: the stored form of one checkpoint's state. Pure code: no IO, no clocks, no globals.
 
 A record is a small header followed by a zstd frame. A *keyframe* compresses the serialized
-state alone; a *delta* compresses it with its base's serialized state (the parent
-checkpoint's) as a raw-content dictionary, so an append to a long list costs about the
-appended bytes. Reading a delta needs its base decoded first: ``depth`` counts the records a
-read decodes, and :class:`KeyframePolicy` bounds it.
+state alone. Every other record is a delta: the state compressed with an earlier state on
+its own history (its *base*) as a raw-content dictionary, so appending to a long list costs
+about the appended bytes. Reading a record decodes its base first; ``depth`` counts the
+records a read decodes, keyframe included, and :class:`KeyframePolicy` bounds it.
+
+Two kinds of delta keep both reads and storage small (a two-level skip chain):
+
+- a *plain* delta's base is the parent checkpoint: the cheapest record, written at most
+  ``run`` times in a row;
+- an *anchor* delta's base is the nearest anchor (or keyframe) behind the parent, so it
+  skips over the run of plain deltas. Anchors stack, and a keyframe is written only when
+  stacked anchors plus a run would exceed ``max_chain``. With ``max_chain=32`` a read
+  decodes at most 32 records while keyframes come about every 270 steps instead of 32.
 
 Layout (big-endian)::
 
-    magic "SG" | format u8 | kind u8 | depth u16 | raw_len u32 | raw_hash 8s
-    | [delta only: base_hash 8s] | chain_bytes u32 | keyframe_ratio u16 | crc32 u32 | frame
+    magic "SG" | format u8 | kind u8 | depth u16 | run u16 | raw_len u32 | raw_hash 8s
+    | [deltas only: base_hash 8s] | chain_bytes u32 | keyframe_ratio u16 | crc32 u32 | frame
 
 ``raw_hash`` is BLAKE2b-64 of the serialized state; a delta's ``base_hash`` must equal its
-base's ``raw_hash``. ``crc32`` covers the header and the frame; the frame carries zstd's own
-content checksum, so decoding against a wrong base fails loudly instead of returning
-plausible bytes. ``chain_bytes`` (delta payload bytes since the keyframe) and
-``keyframe_ratio`` (the keyframe's compressed/raw size, in 1/65535) feed the policy.
+base's ``raw_hash``. ``crc32`` covers header and frame; the frame carries zstd's content
+checksum, so decoding against a wrong base fails loudly instead of returning plausible
+bytes. ``run`` counts plain deltas since the anchor, ``chain_bytes`` the delta payload
+bytes a read of this record fetches, ``keyframe_ratio`` the keyframe's compressed/raw size
+(in 1/65535): the policy's inputs.
 """
 
 from __future__ import annotations
@@ -30,9 +40,11 @@ from dataclasses import dataclass
 import zstandard as zstd
 
 __all__ = [
+    "ANCHOR",
+    "DELTA",
     "FORMAT_VERSION",
     "KEYFRAME",
-    "DELTA",
+    "Base",
     "EncodedRecord",
     "KeyframePolicy",
     "RecordError",
@@ -45,10 +57,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-KEYFRAME, DELTA = 0, 1
+KEYFRAME, DELTA, ANCHOR = 0, 1, 2  # DELTA: base is the parent; ANCHOR: base is an anchor
 
 _MAGIC = b"SG"
-_PREFIX = struct.Struct(">2sBBHI8s")  # magic, format, kind, depth, raw_len, raw_hash
+_PREFIX = struct.Struct(">2sBBHHI8s")  # magic, format, kind, depth, run, raw_len, raw_hash
 _BASE = struct.Struct(">8s")
 _TAIL = struct.Struct(">IHI")  # chain_bytes, keyframe_ratio, crc32
 _CRC = struct.Struct(">I")
@@ -72,6 +84,7 @@ class UnsupportedFormatError(RecordError):
 class RecordHeader:
     kind: int
     depth: int
+    run: int
     raw_len: int
     raw_hash: bytes
     base_hash: bytes | None
@@ -83,39 +96,70 @@ class RecordHeader:
     def is_keyframe(self) -> bool:
         return self.kind == KEYFRAME
 
+    @property
+    def is_anchor(self) -> bool:
+        """Keyframes and anchor deltas: what later anchors are encoded against."""
+        return self.kind != DELTA
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    """A decoded state a new record may be encoded against: its bytes and header."""
+
+    raw: bytes
+    header: RecordHeader
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedRecord:
     data: bytes
     header: RecordHeader
+    #: which base was used: DELTA (the parent), ANCHOR (the anchor) or KEYFRAME (none)
+    base: int
 
 
 @dataclass(frozen=True, slots=True)
 class KeyframePolicy:
-    """When to write a keyframe instead of a delta.
+    """Which base a new record is encoded against, and when to write a keyframe.
 
     - ``max_chain``: a read decodes at most this many records (keyframe included);
+    - ``run``: plain deltas in a row before the next anchor (default ``max_chain // 2``);
+      anchors stack to depth ``max_chain - run + 1``, so the deepest plain delta sits at
+      exactly ``max_chain``;
     - ``max_delta_ratio``: a delta larger than this share of a fresh keyframe is a scene
       cut (the state changed wholesale): write the keyframe instead;
-    - ``max_chain_ratio``: once the deltas since the keyframe weigh more than this many
-      fresh keyframes, start a new chain (storing the keyframe is then the cheaper way).
-    - ``level``: zstd level of keyframes and deltas.
-    A writer that does not hold the parent's serialized state writes a keyframe too.
+    - ``max_chain_ratio``: the delta bytes a read fetches may weigh this many fresh
+      keyframes; past that a keyframe is the cheaper thing to read;
+    - ``level``: zstd level of every record.
+    A writer that does not hold its base's serialized state writes a keyframe.
     """
 
     max_chain: int = 32
+    run: int | None = None
     max_delta_ratio: float = 0.5
-    max_chain_ratio: float = 1.0
+    max_chain_ratio: float = 2.0
     level: int = 3
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_chain <= 0xFFFF:
             raise ValueError("max_chain must be between 1 and 65535")
+        if self.run is not None and not 1 <= self.run <= self.max_chain:
+            raise ValueError("run must be between 1 and max_chain")
 
-    def may_delta(self, base: RecordHeader | None) -> bool:
-        return base is not None and base.depth < self.max_chain
+    @property
+    def run_length(self) -> int:
+        return self.run if self.run is not None else max(1, self.max_chain // 2)
 
-    def keeps_delta(self, base: RecordHeader, raw_len: int, delta_len: int) -> bool:
+    def may_extend(self, parent: RecordHeader) -> bool:
+        """May the next record be a plain delta against ``parent``?"""
+        return parent.run + 1 < self.run_length and parent.depth < self.max_chain
+
+    def may_anchor(self, anchor: RecordHeader) -> bool:
+        """May the next record be an anchor delta against ``anchor``?"""
+        return anchor.depth + self.run_length <= self.max_chain
+
+    def keeps(self, base: RecordHeader, raw_len: int, delta_len: int) -> bool:
+        """Is a delta of ``delta_len`` bytes against ``base`` worth keeping?"""
         keyframe_estimate = max(1.0, base.keyframe_ratio / 0xFFFF * raw_len)
         if delta_len > self.max_delta_ratio * keyframe_estimate:
             return False
@@ -163,57 +207,64 @@ def _compress(raw: bytes, base: bytes | None, level: int) -> bytes:
     return zstd.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(raw)
 
 
-def _pack(kind: int, depth: int, raw: bytes, digest: bytes, base_hash: bytes | None,
+def _pack(kind: int, depth: int, run: int, raw: bytes, digest: bytes, base_hash: bytes | None,
           chain_bytes: int, keyframe_ratio: int, frame: bytes) -> EncodedRecord:
-    head = _PREFIX.pack(_MAGIC, FORMAT_VERSION, kind, depth, len(raw), digest)
+    head = _PREFIX.pack(_MAGIC, FORMAT_VERSION, kind, depth, run, len(raw), digest)
     if base_hash is not None:
         head += _BASE.pack(base_hash)
     body = struct.pack(">IH", min(chain_bytes, 0xFFFFFFFF), keyframe_ratio)
     crc = zlib.crc32(frame, zlib.crc32(head + body))
     data = b"".join((head, body, _CRC.pack(crc), frame))
-    header = RecordHeader(kind, depth, len(raw), digest, base_hash, chain_bytes, keyframe_ratio,
-                          len(data) - len(frame))
-    return EncodedRecord(data, header)
+    header = RecordHeader(kind, depth, run, len(raw), digest, base_hash, chain_bytes,
+                          keyframe_ratio, len(data) - len(frame))
+    return EncodedRecord(data, header, kind)
 
 
 def encode(
     raw: bytes,
-    base: tuple[bytes, RecordHeader] | None = None,
+    parent: Base | None = None,
+    anchor: Base | None = None,
     policy: KeyframePolicy = KeyframePolicy(),
     digest: bytes | None = None,
 ) -> EncodedRecord:
-    """Encode serialized state as a delta against ``base`` (its bytes and header) when the
-    policy allows it, else as a keyframe. ``digest`` is ``raw_hash(raw)`` if already known."""
+    """Encode serialized state against ``parent`` (plain delta) or ``anchor`` (the anchor
+    behind the parent) when the policy allows, else as a keyframe. ``digest`` is
+    ``raw_hash(raw)`` if the caller already has it."""
     if len(raw) > 0xFFFFFFFF:
         raise ValueError("a serialized state must be under 4 GiB")
     digest = digest if digest is not None else raw_hash(raw)
-    if base is not None and policy.may_delta(base[1]):
-        base_raw, base_header = base
-        frame = _compress(raw, base_raw, policy.level)
-        if policy.keeps_delta(base_header, len(raw), len(frame)):
-            return _pack(DELTA, base_header.depth + 1, raw, digest, base_header.raw_hash,
-                         base_header.chain_bytes + len(frame), base_header.keyframe_ratio, frame)
+    candidates = []
+    if parent is not None and policy.may_extend(parent.header):
+        candidates.append((DELTA, parent, parent.header.run + 1))
+    if anchor is not None and anchor.header.is_anchor and policy.may_anchor(anchor.header):
+        candidates.append((ANCHOR, anchor, 0))
+    for kind, base, run in candidates:
+        frame = _compress(raw, base.raw, policy.level)
+        if policy.keeps(base.header, len(raw), len(frame)):
+            head = base.header
+            return _pack(kind, head.depth + 1, run, raw, digest, head.raw_hash,
+                         head.chain_bytes + len(frame), head.keyframe_ratio, frame)
     frame = _compress(raw, None, policy.level)
     ratio = min(0xFFFF, max(1, round(len(frame) / max(1, len(raw)) * 0xFFFF)))
-    return _pack(KEYFRAME, 1, raw, digest, None, 0, ratio, frame)
+    return _pack(KEYFRAME, 1, 0, raw, digest, None, 0, ratio, frame)
 
 
 def read_header(data: bytes, position: int = 0) -> RecordHeader:
     """Parse and verify a record's header and checksum (the frame is not decompressed)."""
     if len(data) < _PREFIX.size + _TAIL.size or data[:2] != _MAGIC:
         raise RecordError("not a savegame record (bad magic or truncated)", position)
-    _, version, kind, depth, raw_len, digest = _PREFIX.unpack_from(data)
+    _, version, kind, depth, run, raw_len, digest = _PREFIX.unpack_from(data)
     if version > FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"record written by format version {version}; this savegame reads format "
             f"{FORMAT_VERSION} and older: upgrade savegame to read it",
             position,
         )
-    if version < 1 or kind not in (KEYFRAME, DELTA) or depth < 1:
+    if version < 1 or kind not in (KEYFRAME, DELTA, ANCHOR) or depth < 1:
         raise RecordError("malformed record header", position)
     offset = _PREFIX.size
     base_hash = None
-    if kind == DELTA:
+    if kind != KEYFRAME:
         if len(data) < offset + _BASE.size + _TAIL.size:
             raise RecordError("truncated record header", position)
         (base_hash,) = _BASE.unpack_from(data, offset)
@@ -222,17 +273,15 @@ def read_header(data: bytes, position: int = 0) -> RecordHeader:
     size = offset + _TAIL.size
     if zlib.crc32(data[size:], zlib.crc32(data[: size - _CRC.size])) != crc:
         raise RecordError("record checksum mismatch (stored bytes were altered)", position)
-    return RecordHeader(kind, depth, raw_len, digest, base_hash, chain_bytes, ratio, size)
+    return RecordHeader(kind, depth, run, raw_len, digest, base_hash, chain_bytes, ratio, size)
 
 
-def decode_path(
-    records: Sequence[bytes], base: tuple[bytes, RecordHeader] | None = None
-) -> list[bytes]:
+def decode_path(records: Sequence[bytes], base: Base | None = None) -> list[bytes]:
     """Decode records that each are a delta against the one before, the first a keyframe
     or a delta against ``base`` (already decoded bytes and header). Returns the serialized
     state of every record; raises :class:`RecordError` naming the failing position."""
     out: list[bytes] = []
-    previous: RecordHeader | None = None if base is None else base[1]
+    previous: RecordHeader | None = None if base is None else base.header
     for position, data in enumerate(records):
         header = read_header(data, position)
         if previous is None:
@@ -243,7 +292,7 @@ def decode_path(
                 raise RecordError("delta record does not match its base record", position)
             if header.depth != previous.depth + 1:
                 raise RecordError("record chain depth is inconsistent", position)
-        prior = out[-1] if out else (base[0] if base is not None and position == 0 else None)
+        prior = out[-1] if out else (base.raw if base is not None else None)
         out.append(_decompress(data, header, None if header.is_keyframe else prior, position))
         previous = header
     return out

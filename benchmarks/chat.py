@@ -1,0 +1,206 @@
+"""Chat workload on the in-memory savers: stored bytes, read cost and CPU, against baselines.
+
+A chat appends a user and an assistant message (~400 characters each, random words) every
+turn to a growing ``messages`` list, and changes a few small keys. For each size it reports:
+
+- stored bytes (encoded records), the information floor (zstd level 3 of the final state
+  alone) and the naive store (zstd level 3 of the full state at every step);
+- records decoded by a ``get`` of the latest with nothing cached (its chain depth);
+- CPU per ``put`` (mean over the last tenth of the run, where the state is near its final
+  size) and per ``get`` of the latest with a cold cache and with a warm one, each next to
+  the CPU of serializing + compressing the final state once, measured in the same run.
+
+Run: ``python benchmarks/chat.py [--turns 20 200 1000] [--json PATH] [--check]``.
+``--check`` exits 1 when a target of the foundation issue is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from savegame.savers import Checkpoint, KeyframePolicy, MemorySaver
+from savegame.savers.serde import Serializer
+
+HERE = Path(__file__).resolve().parent
+
+
+def chat_states(turns: int, seed: int = 7) -> list[dict[str, Any]]:
+    """The state after each turn: the message list grows by two ~400-character messages."""
+    rnd = random.Random(seed)
+    vocabulary = [
+        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9)))
+        for _ in range(3000)
+    ]
+
+    def message(index: int, role: str) -> dict[str, Any]:
+        words: list[str] = []
+        length = 0
+        while length < 400:
+            word = rnd.choice(vocabulary)
+            words.append(word)
+            length += len(word) + 1
+        return {"id": f"msg-{index}", "role": role, "content": " ".join(words)}
+
+    messages: list[dict[str, Any]] = []
+    states = []
+    for turn in range(turns):
+        messages = [*messages, message(2 * turn, "user"), message(2 * turn + 1, "assistant")]
+        states.append({
+            "messages": messages,
+            "turn": turn,
+            "tokens_used": 137 * turn + rnd.randint(0, 99),
+            "last_node": rnd.choice(["agent", "tools", "summarize"]),
+            "scratch": {"retries": turn % 3, "mood": rnd.choice(["ok", "busy"])},
+        })
+    return states
+
+
+def best_cpu(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def run(turns: int, policy: KeyframePolicy) -> dict[str, Any]:
+    states = chat_states(turns)
+    serializer = Serializer()
+    level3 = zstandard.ZstdCompressor(level=3)
+    serialized = [serializer.dumps(s) for s in states]
+    floor = len(level3.compress(serialized[-1]))
+    naive = sum(len(level3.compress(raw)) for raw in serialized)
+
+    saver = MemorySaver(policy=policy)
+    put_cpu: list[float] = []
+    latest = None
+    for state in states:
+        start = time.process_time()
+        latest = saver.put(Checkpoint("chat", state, node_id="agent"))
+        put_cpu.append(time.process_time() - start)
+    assert latest is not None and latest.id is not None
+    stored = saver.storage_bytes()
+    depths = [item.depth for item in saver._threads["chat"][""].items.values()]
+    latest_depth = saver._read("chat", "", latest.id).depth  # type: ignore[union-attr]
+
+    final = states[-1]
+    repeat = 5 if turns >= 1000 else 15
+    baseline = best_cpu(lambda: level3.compress(serializer.dumps(final)), repeat)
+
+    def cold_get() -> None:
+        saver._cache.clear()
+        got = saver.get("chat")
+        assert got is not None
+
+    def warm_get() -> None:
+        got = saver.get("chat")
+        assert got is not None
+
+    got = saver.get("chat")
+    assert got is not None and got.state == final, "latest state does not round-trip"
+    cold = best_cpu(cold_get, repeat)
+    warm = best_cpu(warm_get, repeat)
+    tail = put_cpu[-max(1, turns // 10):]
+    put_mean = statistics.fmean(tail)
+    return {
+        "turns": turns,
+        "checkpoints": len(states),
+        "final_state_bytes": len(serialized[-1]),
+        "stored_bytes": stored,
+        "floor_bytes": floor,
+        "naive_bytes": naive,
+        "stored_vs_floor": stored / floor,
+        "stored_vs_naive": stored / naive,
+        "keyframes": sum(1 for d in depths if d == 1),
+        "records_per_get_latest": latest_depth,
+        "records_per_get_max": max(depths),
+        "baseline_cpu_ms": baseline * 1e3,
+        "put_cpu_ms": put_mean * 1e3,
+        "get_cold_cpu_ms": cold * 1e3,
+        "get_warm_cpu_ms": warm * 1e3,
+        "put_vs_baseline": put_mean / baseline,
+        "get_cold_vs_baseline": cold / baseline,
+    }
+
+
+def checks(result: dict[str, Any], policy: KeyframePolicy) -> list[tuple[str, bool]]:
+    """The foundation issue's targets that apply at this size."""
+    out = [("get decodes <= max chain", result["records_per_get_max"] <= policy.max_chain)]
+    if result["turns"] == 200:
+        out.append(("stored <= 5x floor", result["stored_vs_floor"] <= 5))
+        out.append(("stored <= 5% of naive", result["stored_vs_naive"] <= 0.05))
+    if result["turns"] == 1000:
+        out.append(("put CPU <= 3x baseline", result["put_vs_baseline"] <= 3))
+        out.append(("cold get CPU <= 5x baseline", result["get_cold_vs_baseline"] <= 5))
+    return out
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": dt.date.today().isoformat(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "zstandard": zstandard.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, nargs="+", default=[20, 200, 1000])
+    parser.add_argument("--max-chain", type=int, default=KeyframePolicy().max_chain)
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "chat-memory.json")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    policy = KeyframePolicy(max_chain=args.max_chain)
+
+    results = [run(turns, policy) for turns in args.turns]
+    header = (f"{'turns':>6} {'state B':>10} {'stored B':>10} {'floor B':>9} {'naive B':>11} "
+              f"{'x floor':>7} {'% naive':>7} {'keyfr':>5} {'reads':>5} {'put ms':>7} "
+              f"{'get ms':>7} {'warm ms':>7} {'base ms':>7} {'put x':>5} {'get x':>5}")
+    print("MemorySaver, chat workload (CPU: process time; x = ratio to serialize+compress the"
+          " final state once)")
+    print(header)
+    for r in results:
+        print(f"{r['turns']:>6} {r['final_state_bytes']:>10,} {r['stored_bytes']:>10,} "
+              f"{r['floor_bytes']:>9,} {r['naive_bytes']:>11,} {r['stored_vs_floor']:>7.2f} "
+              f"{100 * r['stored_vs_naive']:>6.2f}% {r['keyframes']:>5} "
+              f"{r['records_per_get_latest']:>5} {r['put_cpu_ms']:>7.2f} "
+              f"{r['get_cold_cpu_ms']:>7.2f} {r['get_warm_cpu_ms']:>7.2f} "
+              f"{r['baseline_cpu_ms']:>7.2f} {r['put_vs_baseline']:>5.2f} "
+              f"{r['get_cold_vs_baseline']:>5.2f}")
+    failed = []
+    for r in results:
+        for name, ok in checks(r, policy):
+            print(f"  {r['turns']:>5} turns: {name}: {'ok' if ok else 'MISSED'}")
+            if not ok:
+                failed.append(f"{r['turns']} turns: {name}")
+    info = machine()
+    print(f"measured {info['date']} on {info['platform']}, {info['cpus']} CPUs, "
+          f"Python {info['python']}, zstandard {info['zstandard']}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": info, "policy": {
+        "max_chain": policy.max_chain, "max_delta_ratio": policy.max_delta_ratio,
+        "max_chain_ratio": policy.max_chain_ratio, "level": policy.level,
+    }, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 1 if failed and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
