@@ -60,7 +60,8 @@ class StoredCheckpoint:
         return Checkpoint(
             thread_id=self.thread_id, state=state, namespace=self.namespace, id=self.id,
             parent_id=self.parent_id, step=self.step, node_id=self.node_id,
-            next_node_id=self.next_node_id, metadata=self.metadata, created_at=self.created_at,
+            next_node_id=self.next_node_id, metadata=_copy_json(self.metadata),
+            created_at=self.created_at,
         )
 
 
@@ -668,22 +669,33 @@ def _check_metadata(metadata: object) -> dict[str, Any]:
             f"metadata must be a mapping, got {type(metadata).__qualname__}",
             path="metadata", type_name=type(metadata).__qualname__,
         )
-    _check_json_like(metadata, "metadata")
-    return dict(metadata)
+    checked: dict[str, Any] = _check_json_like(metadata, "metadata")
+    return checked
 
 
-def _check_json_like(value: object, path: str) -> None:
+def _copy_json(value: Any) -> Any:
+    """A deep copy of checked metadata, so neither the caller's objects nor the ones a
+    saver hands out alias what the saver stores."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
+
+
+def _check_json_like(value: object, path: str) -> Any:
+    """Check ``value`` is JSON-like and return a deep copy of it, with tuples as lists and
+    mappings as dicts (what every backend, BSON included, gives back)."""
     if value is None or isinstance(value, (bool, str, float)):
-        return
+        return value
     if isinstance(value, int):
         if not -_MAX_INT64 - 1 <= value <= _MAX_INT64:
             raise SerializationError(f"{path} does not fit in 64 bits", path=path, type_name="int")
-        return
+        return value
     if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_json_like(item, f"{path}[{index}]")
-        return
+        return [_check_json_like(item, f"{path}[{index}]") for index, item in enumerate(value)]
     if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str) or not key or key.startswith("$") or "." in key \
                     or "\x00" in key:
@@ -692,8 +704,8 @@ def _check_json_like(value: object, path: str) -> None:
                     "'.', NUL or a leading '$'",
                     path=f"{path}[{key!r}]", type_name=type(key).__qualname__,
                 )
-            _check_json_like(item, f"{path}[{key!r}]")
-        return
+            out[key] = _check_json_like(item, f"{path}[{key!r}]")
+        return out
     raise SerializationError(
         f"{path} holds {type(value).__qualname__}; metadata must be JSON-like "
         "(None, bool, int, float, str, list, dict)",

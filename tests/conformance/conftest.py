@@ -1,0 +1,225 @@
+"""Fixtures of the conformance suite: one suite, run unchanged against every saver.
+
+Extension point for new backends (MongoDB and others):
+
+- append the backend's name to ``BACKENDS``;
+- add a fixture ``backend_<name>`` that yields a fresh, empty saver and cleans up after
+  the test (it may request the ``loop`` fixture: the test's one event loop, which async
+  clients must stay on);
+- add the name to ``ASYNC_ONLY`` if the saver's sync methods raise TypeError (the "sync"
+  API mode and the thread-based tests are then skipped for it, visibly);
+- add the name to ``VERSIONED`` if ``release`` archives runs as versions 1, 2, ...;
+- add a fixture ``tamper_<name>`` returning an object with ``corrupt(thread_id, namespace,
+  checkpoint_id)`` (flip a byte of the stored record) and ``remove(thread_id, namespace,
+  checkpoint_id)`` (delete the stored record), used by the corruption tests (they are
+  skipped for a backend without one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from savegame.savers import MemorySaver, VersionedMemorySaver
+from savegame.savers.base import BaseSaver, Call, StoredCheckpoint
+from savegame.savers.checkpoint import Checkpoint, Release
+
+BACKENDS: list[str] = ["memory", "versioned"]
+#: Backends whose sync methods raise TypeError: only the async API mode runs for them.
+ASYNC_ONLY: set[str] = set()
+#: Backends whose ``release`` archives the run as version 1, 2, 3...
+VERSIONED: set[str] = {"versioned"}
+
+
+# -- backends ------------------------------------------------------------------------
+@pytest.fixture
+def backend_memory() -> Iterator[MemorySaver]:
+    saver = MemorySaver()
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def backend_versioned() -> Iterator[VersionedMemorySaver]:
+    saver = VersionedMemorySaver()
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The test's one event loop: every async call of a test runs on it."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def saver(request: pytest.FixtureRequest, backend_name: str) -> BaseSaver:
+    """A fresh, empty saver of each backend."""
+    return request.getfixturevalue("backend_" + backend_name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def is_versioned(backend_name: str) -> bool:
+    return backend_name in VERSIONED
+
+
+@pytest.fixture
+def sync_ok(backend_name: str) -> None:
+    """Skip (visibly) a test that drives the sync API or OS threads on an async-only saver."""
+    if backend_name in ASYNC_ONLY:
+        pytest.skip(f"{backend_name} is async-only: its sync methods raise TypeError")
+
+
+# -- the uniform API facade ----------------------------------------------------------
+class SyncApi:
+    """The saver's sync methods."""
+
+    mode = "sync"
+
+    def __init__(self, saver: BaseSaver):
+        self.saver = saver
+
+    def put(self, checkpoint: Checkpoint) -> Checkpoint:
+        return self.saver.put(checkpoint)
+
+    def get(
+        self, thread_id: str, id: str | None = None, namespace: str = ""
+    ) -> Checkpoint | None:
+        return self.saver.get(thread_id, id, namespace=namespace)
+
+    def list(self, thread_id: str, **kw: Any) -> builtins.list[Checkpoint]:
+        return builtins.list(self.saver.list(thread_id, **kw))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self.saver.delete_thread(thread_id)
+
+    def release(self, thread_id: str) -> Release:
+        return self.saver.release(thread_id)
+
+    def versions(self, thread_id: str) -> builtins.list[int]:
+        return self.saver.versions(thread_id)
+
+    def get_version(self, thread_id: str, version: int) -> Release | None:
+        return self.saver.get_version(thread_id, version)
+
+    def stored(self, thread_id: str, checkpoint_id: str, namespace: str = "") -> StoredCheckpoint:
+        """The backend's stored record (through the ``_read`` IO primitive)."""
+        item = self.saver._call(Call("_read", (thread_id, namespace, checkpoint_id)))
+        assert isinstance(item, StoredCheckpoint), item
+        return item
+
+
+class AsyncApi:
+    """The saver's a-methods, each run to completion on the test's one event loop."""
+
+    mode = "async"
+
+    def __init__(self, saver: BaseSaver, loop: asyncio.AbstractEventLoop):
+        self.saver = saver
+        self.loop = loop
+
+    def run(self, awaitable: Any) -> Any:
+        return self.loop.run_until_complete(awaitable)
+
+    def put(self, checkpoint: Checkpoint) -> Checkpoint:
+        return self.run(self.saver.aput(checkpoint))  # type: ignore[no-any-return]
+
+    def get(
+        self, thread_id: str, id: str | None = None, namespace: str = ""
+    ) -> Checkpoint | None:
+        return self.run(self.saver.aget(thread_id, id, namespace=namespace))  # type: ignore[no-any-return]
+
+    def list(self, thread_id: str, **kw: Any) -> builtins.list[Checkpoint]:
+        async def collect() -> builtins.list[Checkpoint]:
+            return [item async for item in self.saver.alist(thread_id, **kw)]
+
+        return self.run(collect())  # type: ignore[no-any-return]
+
+    def delete_thread(self, thread_id: str) -> None:
+        self.run(self.saver.adelete_thread(thread_id))
+
+    def release(self, thread_id: str) -> Release:
+        return self.run(self.saver.arelease(thread_id))  # type: ignore[no-any-return]
+
+    def versions(self, thread_id: str) -> builtins.list[int]:
+        return self.run(self.saver.aversions(thread_id))  # type: ignore[no-any-return]
+
+    def get_version(self, thread_id: str, version: int) -> Release | None:
+        return self.run(self.saver.aget_version(thread_id, version))  # type: ignore[no-any-return]
+
+    def stored(self, thread_id: str, checkpoint_id: str, namespace: str = "") -> StoredCheckpoint:
+        item = self.run(self.saver._acall(Call("_read", (thread_id, namespace, checkpoint_id))))
+        assert isinstance(item, StoredCheckpoint), item
+        return item
+
+
+@pytest.fixture(params=["sync", "async"])
+def api(
+    request: pytest.FixtureRequest,
+    saver: BaseSaver,
+    backend_name: str,
+    loop: asyncio.AbstractEventLoop,
+) -> SyncApi | AsyncApi:
+    """A uniform facade over the saver, once through its sync and once through its async
+    methods."""
+    if request.param == "sync":
+        if backend_name in ASYNC_ONLY:
+            pytest.skip(f"{backend_name} is async-only: its sync methods raise TypeError")
+        return SyncApi(saver)
+    return AsyncApi(saver, loop)
+
+
+# -- tampering with stored records ---------------------------------------------------
+class MemoryTamper:
+    """Alters the records of a MemorySaver / VersionedMemorySaver in place."""
+
+    def __init__(self, saver: MemorySaver):
+        self.saver = saver
+
+    def corrupt(self, thread_id: str, namespace: str, checkpoint_id: str) -> None:
+        space = self.saver._threads[thread_id][namespace]
+        stored = space.items[checkpoint_id]
+        record = bytearray(stored.record)
+        record[len(record) // 2] ^= 0x40
+        space.items[checkpoint_id] = dataclasses.replace(stored, record=bytes(record))
+
+    def remove(self, thread_id: str, namespace: str, checkpoint_id: str) -> None:
+        space = self.saver._threads[thread_id][namespace]
+        stored = space.items.pop(checkpoint_id)
+        space.ids.remove(checkpoint_id)
+        space.chains[stored.keyframe_id].remove(checkpoint_id)
+
+
+@pytest.fixture
+def tamper_memory(backend_memory: MemorySaver) -> MemoryTamper:
+    return MemoryTamper(backend_memory)
+
+
+@pytest.fixture
+def tamper_versioned(backend_versioned: VersionedMemorySaver) -> MemoryTamper:
+    return MemoryTamper(backend_versioned)
+
+
+@pytest.fixture
+def tamper(request: pytest.FixtureRequest, backend_name: str, saver: BaseSaver) -> Any:
+    """``corrupt`` / ``remove`` a stored record of the test's saver."""
+    try:
+        return request.getfixturevalue("tamper_" + backend_name)
+    except pytest.FixtureLookupError:
+        pytest.skip(f"no tamper_{backend_name} fixture: cannot alter its stored records")
