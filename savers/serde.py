@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import cattrs
 import msgpack
+from cattrs.gen import make_dict_structure_fn
 
 from .errors import SerializationError
 
@@ -65,10 +66,10 @@ class TypeRegistry:
         self._lock = threading.Lock()
         self._converter = cattrs.Converter(detailed_validation=False)
         # Field values arrive already decoded (datetimes, nested registered objects...):
-        # cattrs must hand such values through instead of re-structuring them.
-        self._converter.register_structure_hook_func(self._is_passthrough, _passthrough)
+        # cattrs hands such values through instead of re-structuring them.
+        self._converter.register_structure_hook_func(self._is_decoded, _passthrough)
 
-    def _is_passthrough(self, tp: Any) -> bool:
+    def _is_decoded(self, tp: Any) -> bool:
         return isinstance(tp, type) and (tp in self._by_cls or issubclass(tp, _VALUE_TYPES))
 
     def register(
@@ -106,46 +107,33 @@ class TypeRegistry:
     ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], Any]]:
         """Shallow field maps: nested values are serialized by the serializer, so every
         nested custom object must itself be registered (and keeps its exact type)."""
-        names: list[str]
-        if dataclasses.is_dataclass(cls):
-            names = [f.name for f in dataclasses.fields(cls) if f.init]
-        elif hasattr(cls, "__attrs_attrs__"):
-            names = [a.alias for a in cls.__attrs_attrs__ if a.init]
-            attr_names = [a.name for a in cls.__attrs_attrs__ if a.init]
-            pairs = list(zip(attr_names, names, strict=True))
-            converter = self._converter
+        pairs: list[tuple[str, str]]  # (attribute, key in the stored map = init argument)
+        if hasattr(cls, "model_fields") and hasattr(cls, "model_validate"):
+            pairs = [(name, name) for name in cls.model_fields]
+            structure: Callable[[dict[str, Any]], Any] = cls.model_validate
+        elif dataclasses.is_dataclass(cls) or hasattr(cls, "__attrs_attrs__"):
+            if dataclasses.is_dataclass(cls):
+                pairs = [(f.name, f.name) for f in dataclasses.fields(cls) if f.init]
+            else:
+                pairs = [(a.name, a.alias) for a in cls.__attrs_attrs__ if a.init]
+            # cattrs builds the constructor call; nested values arrive already decoded and
+            # go through the passthrough hook registered in __init__.
+            build: Callable[[Any, type], Any] = make_dict_structure_fn(
+                cls, self._converter, _cattrs_use_alias=True
+            )
 
-            def unstructure_attrs(obj: Any) -> dict[str, Any]:
-                return {alias: getattr(obj, attr) for attr, alias in pairs}
-
-            def structure_attrs(data: dict[str, Any]) -> Any:
-                return converter.structure(data, cls)
-
-            return unstructure_attrs, structure_attrs
-        elif hasattr(cls, "model_fields") and hasattr(cls, "model_validate"):
-            fields = list(cls.model_fields)
-
-            def unstructure_model(obj: Any) -> dict[str, Any]:
-                return {n: getattr(obj, n) for n in fields}
-
-            def structure_model(data: dict[str, Any]) -> Any:
-                return cls.model_validate(data)
-
-            return unstructure_model, structure_model
+            def structure(data: dict[str, Any]) -> Any:
+                return build(data, cls)
         else:
             raise TypeError(
                 f"{cls.__qualname__} is not a dataclass, attrs class, pydantic model or Enum; "
                 "pass unstructure= and structure= to register it"
             )
-        converter = self._converter
 
-        def unstructure_fields(obj: Any) -> dict[str, Any]:
-            return {n: getattr(obj, n) for n in names}
+        def unstructure(obj: Any) -> dict[str, Any]:
+            return {key: getattr(obj, attr) for attr, key in pairs}
 
-        def structure_fields(data: dict[str, Any]) -> Any:
-            return converter.structure(data, cls)
-
-        return unstructure_fields, structure_fields
+        return unstructure, structure
 
     def entry_for(self, cls: type) -> _Entry | None:
         return self._by_cls.get(cls)
@@ -158,7 +146,7 @@ def _passthrough(value: Any, tp: type) -> Any:
     if isinstance(value, tp):
         return value
     raise SerializationError(
-        f"field of type {tp.__qualname__} holds {type(value).__qualname__}",
+        f"stored field of type {tp.__qualname__} holds {type(value).__qualname__}",
         type_name=type(value).__qualname__,
     )
 
@@ -249,7 +237,10 @@ class Serializer:
         if cls is tuple:
             return msgpack.ExtType(_TUPLE, self._pack(list(obj)))
         if cls is set or cls is frozenset:
-            return msgpack.ExtType(_SET if cls is set else _FROZENSET, self._pack(_ordered(obj)))
+            # Members in the order of their own bytes: equal sets give equal bytes whatever
+            # their members' types (sorted() is partial on mixes, frozensets, NaNs).
+            members = sorted(obj, key=self._pack)
+            return msgpack.ExtType(_SET if cls is set else _FROZENSET, self._pack(members))
         if cls is int:  # outside msgpack's 64-bit range
             length = (obj.bit_length() + 8) // 8
             return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
@@ -386,10 +377,3 @@ class Serializer:
             return pickle.loads(data)
         raise SerializationError(f"unknown extension tag {code} in stored data")
 
-
-def _ordered(items: set[Any] | frozenset[Any]) -> list[Any]:
-    """Set members in a stable order where they sort, so equal sets give equal bytes."""
-    try:
-        return sorted(items)
-    except TypeError:
-        return list(items)
