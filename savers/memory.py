@@ -100,7 +100,7 @@ class MemorySaver(BaseSaver):
             for index in range(end - 1, -1, -1):
                 item = space.items[space.ids[index]]
                 if metadata and any(
-                    key not in item.metadata or item.metadata[key] != value
+                    key not in item.metadata or not _same_json(item.metadata[key], value)
                     for key, value in metadata.items()
                 ):
                     continue
@@ -126,6 +126,22 @@ class MemorySaver(BaseSaver):
 
     def _read_version(self, thread_id: str, version: int) -> list[StoredCheckpoint] | None:
         return None
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equality of JSON-like values as MongoDB filters see it: ``True`` is not ``1`` (bools
+    are not numbers) while ``1 == 1.0``; lists and dicts compare member by member."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) or isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
+    if isinstance(a, list) or isinstance(b, list):
+        return (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+                and all(_same_json(x, y) for x, y in zip(a, b, strict=True)))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same_json(a[key], b[key]) for key in a))
+    return type(a) is type(b) and bool(a == b)
 
 
 class VersionedMemorySaver(MemorySaver):

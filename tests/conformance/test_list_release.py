@@ -173,3 +173,35 @@ def test_delete_unknown_thread(api):
     api.delete_thread("nobody")
     assert api.get("nobody") is None
     assert api.versions("nobody") == []
+
+
+def test_metadata_filter_is_type_strict(api):
+    """JSON-like equality as every backend (BSON included) sees it: True is not 1, a
+    missing key is not None; 1 and 1.0 are the same number."""
+    as_bool = api.put(cp(state={"i": 0}, metadata={"flag": True, "n": 1}))
+    as_int = api.put(cp(state={"i": 1}, metadata={"flag": 1, "n": 1.0, "k": None}))
+    as_list = api.put(cp(state={"i": 2}, metadata={"flag": [True], "n": 2}))
+    assert ids(api.list("t", metadata={"flag": True})) == [as_bool.id]
+    assert ids(api.list("t", metadata={"flag": 1})) == [as_int.id]
+    assert ids(api.list("t", metadata={"flag": [True]})) == [as_list.id]
+    assert api.list("t", metadata={"flag": [1]}) == []
+    assert ids(api.list("t", metadata={"n": 1})) == [as_int.id, as_bool.id]
+    assert ids(api.list("t", metadata={"k": None})) == [as_int.id]
+
+
+def test_metadata_tuples_come_back_as_lists(api):
+    put = api.put(cp(state={}, metadata={"pair": (1, 2), "deep": {"t": ("a",)}}))
+    expected = {"pair": [1, 2], "deep": {"t": ["a"]}}
+    assert dict(put.metadata) == expected
+    assert dict(api.get("t").metadata) == expected
+    assert ids(api.list("t", metadata={"pair": [1, 2]})) == [put.id]
+    assert ids(api.list("t", metadata={"pair": (1, 2)})) == [put.id]
+    # the same metadata written either way is the same checkpoint
+    assert api.put(cp(id=put.id, state={}, metadata=expected)).id == put.id
+
+
+def test_release_of_an_empty_thread(api):
+    release = api.release("nobody")
+    assert release.thread_id == "nobody"
+    assert release.checkpoints == ()
+    assert api.get("nobody") is None

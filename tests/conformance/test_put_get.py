@@ -228,3 +228,13 @@ def test_metadata_is_a_copy(api):
     assert dict(api.get("t").metadata) == {"tags": ["a"], "nested": {"k": 1}}
     assert dict(api.list("t")[0].metadata) == {"tags": ["a"], "nested": {"k": 1}}
     assert put.id == got.id
+
+
+def test_reput_with_other_parent_conflicts(api):
+    root = api.put(cp(state={"n": 0}))
+    a = api.put(cp(state={"n": 1}))
+    b = api.put(cp(state={"n": 1}, parent_id=root.id))
+    with pytest.raises(ConflictError):
+        api.put(cp(id=b.id, state={"n": 1}, parent_id=a.id))
+    assert_checkpoint(api.get("t", b.id), b)
+    assert_checkpoint(api.put(cp(id=b.id, state={"n": 1}, parent_id=root.id)), b)
