@@ -1,0 +1,369 @@
+"""IO-free parts of the MongoDB savers: document layout, queries, indexes, chunking.
+
+Both savers (``AsyncMongoSaver`` and its generated twin ``MongoSaver``) build every document
+and every filter here, so the two read and write exactly the same layout.
+
+Collections (names get the saver's ``prefix``):
+
+``checkpoints``
+    one document per live checkpoint (layout below); ``_id`` is a 16-byte hash of
+    (thread_id, namespace, checkpoint id), so a retried insert of the same checkpoint is a
+    DuplicateKeyError and never a second copy. ``_id`` is the only unique index: on a
+    collection sharded on ``{thread_id: "hashed"}`` every document of a thread lives on one
+    shard, where ``_id`` uniqueness is enforced.
+``chunks``
+    the pieces of a record too big for one document, written before the head document
+    that points at them (``chunks: {token, n, size}``); unreferenced pieces are orphans.
+``archive``
+    released runs: copies of the checkpoint documents with a ``version`` (1, 2, ...) and
+    ``_id`` hashed over (thread_id, namespace, checkpoint id, version).
+``releases``
+    one marker document per released version, so an empty run is a version too.
+
+Checkpoint document::
+
+    _id        BinData(16)   hash of thread_id, ns, cid (and version in the archive)
+    thread_id  str           every query filters on it (the shard key)
+    ns         str           namespace
+    cid        str           checkpoint id (time-ordered text: sorting by it is "newest")
+    parent     str?          parent checkpoint id
+    kf         str           keyframe id: the root of the record's decode chain
+    base       str?          the record this one is a delta against (absent: keyframe)
+    depth      int           records a read decodes
+    step       int
+    node, next str?          node_id, next_node_id
+    meta       object        metadata as BSON fields: ``list(metadata=...)`` filters on
+                             ``meta.<key>`` server-side
+    ts         date          created_at
+    rec        BinData       the record (codec.py), absent when it is chunked
+    chunks     object        {token, n, size} when the record is in ``chunks``
+    exp        date          expiry (only with ``ttl``): a TTL index deletes the document
+    fmt        int           layout version (absent = 1); newer layouts are refused
+    version    int           (archive only) the released version
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..base import StoredCheckpoint
+from ..errors import CorruptCheckpointError, SavegameError
+
+__all__ = [
+    "CHUNK_BYTES",
+    "LAYOUT_VERSION",
+    "Collections",
+    "UnsupportedLayoutError",
+    "archive_doc",
+    "chunk_docs",
+    "from_doc",
+    "join_chunks",
+    "metadata_filter",
+    "metadata_matches",
+    "record_id",
+    "release_id",
+    "to_doc",
+]
+
+LAYOUT_VERSION = 1
+#: Records longer than this are split into chunk documents of at most this size, which
+#: keeps every document under MongoDB's 16 MiB limit with room for the envelope.
+CHUNK_BYTES = 15 << 20
+
+#: Fields never needed to list or decode a checkpoint (none so far); kept for projections.
+HEAD_FIELDS = (
+    "thread_id", "ns", "cid", "parent", "kf", "base", "depth", "step", "node", "next",
+    "meta", "ts", "rec", "chunks", "fmt",
+)
+
+
+class UnsupportedLayoutError(SavegameError):
+    """A document was written by a newer savegame (a newer document layout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Collections:
+    """Collection names of one saver."""
+
+    checkpoints: str
+    chunks: str
+    archive: str
+    releases: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Collections:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__qualname__}")
+        return cls(prefix + "checkpoints", prefix + "chunks", prefix + "archive",
+                   prefix + "releases")
+
+
+def _hash(*parts: str | int) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = str(part).encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.digest()
+
+
+def record_id(thread_id: str, namespace: str, checkpoint_id: str) -> bytes:
+    """``_id`` of a live checkpoint document."""
+    return _hash("c", thread_id, namespace, checkpoint_id)
+
+
+def archive_id(thread_id: str, namespace: str, checkpoint_id: str, version: int) -> bytes:
+    """``_id`` of an archived checkpoint document."""
+    return _hash("a", thread_id, namespace, checkpoint_id, version)
+
+
+def release_id(thread_id: str, version: int) -> bytes:
+    """``_id`` of a release marker: allocating a version is inserting it."""
+    return _hash("r", thread_id, version)
+
+
+def new_token() -> str:
+    """A fresh chunk-set token: each put attempt writes its own chunks."""
+    return os.urandom(12).hex()
+
+
+def to_doc(
+    stored: StoredCheckpoint,
+    *,
+    expire_at: dt.datetime | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The head document of ``stored`` and the chunk documents to write before it."""
+    doc: dict[str, Any] = {
+        "_id": record_id(stored.thread_id, stored.namespace, stored.id),
+        "thread_id": stored.thread_id,
+        "ns": stored.namespace,
+        "cid": stored.id,
+        "kf": stored.keyframe_id,
+        "depth": stored.depth,
+        "step": stored.step,
+        "ts": stored.created_at,
+    }
+    if stored.parent_id is not None:
+        doc["parent"] = stored.parent_id
+    if stored.base_id is not None:
+        doc["base"] = stored.base_id
+    if stored.node_id is not None:
+        doc["node"] = stored.node_id
+    if stored.next_node_id is not None:
+        doc["next"] = stored.next_node_id
+    if stored.metadata:
+        doc["meta"] = dict(stored.metadata)
+    if expire_at is not None:
+        doc["exp"] = expire_at
+    record = stored.record
+    chunks: list[dict[str, Any]] = []
+    if len(record) > chunk_bytes:
+        token = new_token()
+        chunks = chunk_docs(stored.thread_id, token, record, stored.created_at, chunk_bytes)
+        doc["chunks"] = {"token": token, "n": len(chunks), "size": len(record)}
+    else:
+        doc["rec"] = record
+    return doc, chunks
+
+
+def chunk_docs(
+    thread_id: str, token: str, record: bytes, created_at: dt.datetime, chunk_bytes: int
+) -> list[dict[str, Any]]:
+    view = memoryview(record)
+    return [
+        {
+            "_id": f"{token}:{index}",
+            "thread_id": thread_id,
+            "token": token,
+            "i": index,
+            "ts": created_at,
+            "data": bytes(view[start:start + chunk_bytes]),
+        }
+        for index, start in enumerate(range(0, len(record), chunk_bytes))
+    ]
+
+
+def archive_doc(doc: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """The archived copy of a live checkpoint document, as ``version``."""
+    out = {key: value for key, value in doc.items() if key != "_id"}
+    out["_id"] = archive_id(doc["thread_id"], doc["ns"], doc["cid"], version)
+    out["version"] = version
+    return out
+
+
+def chunk_token(doc: Mapping[str, Any]) -> str | None:
+    chunks = doc.get("chunks")
+    return None if chunks is None else str(chunks["token"])
+
+
+def join_chunks(doc: Mapping[str, Any], pieces: Sequence[Mapping[str, Any]]) -> bytes:
+    """The record of a chunked head document from its chunk documents (any order).
+
+    A missing or short piece is a :class:`CorruptCheckpointError`, never partial state.
+    """
+    chunks = doc["chunks"]
+    ordered = sorted(pieces, key=lambda piece: int(piece["i"]))
+    data = b"".join(bytes(piece["data"]) for piece in ordered)
+    if [int(p["i"]) for p in ordered] != list(range(int(chunks["n"]))) \
+            or len(data) != int(chunks["size"]):
+        raise CorruptCheckpointError(
+            f"cannot decode checkpoint: {len(ordered)} of {chunks['n']} chunks of its record "
+            "are stored", thread_id=doc["thread_id"], namespace=doc["ns"],
+            checkpoint_id=doc["cid"],
+        )
+    return data
+
+
+def _utc(value: Any) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"created_at is {type(value).__qualname__}, not a date")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def check_layout(doc: Mapping[str, Any]) -> None:
+    version = doc.get("fmt", 1)
+    if not isinstance(version, int) or version > LAYOUT_VERSION:
+        raise UnsupportedLayoutError(
+            f"checkpoint {doc.get('cid')!r} of thread {doc.get('thread_id')!r} was written "
+            f"with document layout {version!r}; this savegame reads layout "
+            f"{LAYOUT_VERSION} and older: upgrade savegame to read it"
+        )
+
+
+def from_doc(doc: Mapping[str, Any], record: bytes | None = None) -> StoredCheckpoint:
+    """The StoredCheckpoint of a head document (``record`` when it was chunked)."""
+    check_layout(doc)
+    if record is None:
+        record = bytes(doc["rec"])  # mongomock hands back bson.Binary
+    return StoredCheckpoint(
+        thread_id=doc["thread_id"],
+        namespace=doc["ns"],
+        id=doc["cid"],
+        parent_id=doc.get("parent"),
+        step=int(doc["step"]),
+        node_id=doc.get("node"),
+        next_node_id=doc.get("next"),
+        metadata=dict(doc.get("meta") or {}),
+        created_at=_utc(doc["ts"]),
+        record=record,
+        keyframe_id=doc["kf"],
+        base_id=doc.get("base"),
+        depth=int(doc["depth"]),
+    )
+
+
+def release_doc(thread_id: str, version: int, count: int) -> dict[str, Any]:
+    return {"_id": release_id(thread_id, version), "thread_id": thread_id,
+            "version": version, "ts": utcnow(), "count": count}
+
+
+def utcnow() -> dt.datetime:
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def only_duplicates(details: Mapping[str, Any]) -> bool:
+    """True when a bulk write failed only on documents that already exist."""
+    errors = details.get("writeErrors") or []
+    return bool(errors) and not details.get("writeConcernErrors") and all(
+        error.get("code") == 11000 for error in errors)
+
+
+def check_space(thread_id: object, namespace: object) -> None:
+    """The same checks as the base flows, for the saver's own public methods."""
+    if not isinstance(thread_id, str) or not thread_id:
+        raise TypeError(f"thread_id must be a non-empty str, got {thread_id!r}")
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, got {type(namespace).__qualname__}")
+
+
+# -- queries ---------------------------------------------------------------------------
+def one(thread_id: str, namespace: str, checkpoint_id: str) -> dict[str, Any]:
+    return {"_id": record_id(thread_id, namespace, checkpoint_id), "thread_id": thread_id}
+
+
+def space(thread_id: str, namespace: str) -> dict[str, Any]:
+    return {"thread_id": thread_id, "ns": namespace}
+
+
+def list_filter(
+    thread_id: str, namespace: str, before: str | None, metadata: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    query = space(thread_id, namespace)
+    if before is not None:
+        query["cid"] = {"$lt": before}
+    if metadata:
+        query.update(metadata_filter(metadata))
+    return query
+
+
+def metadata_filter(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Server-side pre-filter for ``list(metadata=...)``.
+
+    Scalars compare on ``meta.<key>``; nested objects compare leaf by leaf on dotted paths
+    (whole-object equality in MongoDB depends on field order). List values are left to
+    :func:`metadata_matches` (MongoDB's equality on arrays also matches arrays holding the
+    value). The pre-filter may keep too much, never too little.
+    """
+    query: dict[str, Any] = {}
+
+    def walk(path: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{path}.{key}", item)
+        elif isinstance(value, bool) or value is None or isinstance(value, (str, int, float)):
+            query[path] = value
+        # lists: checked client-side
+
+    for key, value in metadata.items():
+        walk(f"meta.{key}", value)
+    return query
+
+
+def metadata_matches(stored: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
+    """Exact equality on each wanted key, as MemorySaver does."""
+    if not wanted:
+        return True
+    return all(key in stored and _same(stored[key], value) for key, value in wanted.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def chains_filter(thread_id: str, namespace: str, keyframe_ids: Iterable[str]) -> dict[str, Any]:
+    return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": sorted(set(keyframe_ids))}}
+
+
+def tokens_of(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    return sorted({token for doc in docs if (token := chunk_token(doc)) is not None})
+
+
+# -- indexes ---------------------------------------------------------------------------
+#: (collection attribute, keys, options). Every query filters on thread_id first.
+INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+    ("checkpoints", [("thread_id", 1), ("ns", 1), ("cid", -1)], {"name": "thread_ns_cid"}),
+    ("checkpoints", [("thread_id", 1), ("ns", 1), ("kf", 1)], {"name": "thread_ns_kf"}),
+    ("chunks", [("thread_id", 1), ("token", 1), ("i", 1)], {"name": "thread_token_i"}),
+    ("chunks", [("ts", 1)], {"name": "ts"}),
+    ("archive", [("thread_id", 1), ("version", 1), ("ns", 1), ("cid", -1)],
+     {"name": "thread_version_ns_cid"}),
+    ("releases", [("thread_id", 1), ("version", 1)], {"name": "thread_version"}),
+)
+TTL_INDEX: tuple[str, list[tuple[str, int]], dict[str, Any]] = (
+    "checkpoints", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0},
+)

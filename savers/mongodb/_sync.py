@@ -1,0 +1,383 @@
+# GENERATED from _async.py by `python -m savegame.savers.mongodb._unasync`: do not edit.
+"""MongoSaver: checkpoints in MongoDB through PyMongo's MongoClient.
+
+``_async.py`` is the source of truth: ``_sync.py`` (``MongoSaver``) is generated from it by
+``python -m savegame.savers.mongodb._unasync``; ``_IS_SYNC`` flips in the copy. The
+document layout, filters and indexes live in ``_shared.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    WriteConcernError,
+)
+
+from ..base import BaseSaver, StoredCheckpoint
+from . import _shared as sh
+
+__all__ = ["MongoSaver"]
+
+_IS_SYNC = True
+_TRANSIENT = (ConnectionFailure, WriteConcernError)
+
+
+def _resolve(value: Any) -> Any:
+    """``await`` what PyMongo's async API returns as an awaitable and Motor does not."""
+    if inspect.isawaitable(value):
+        return value
+    return value
+
+
+def _seconds(value: float | dt.timedelta | None, name: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if not seconds > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+class MongoSaver(BaseSaver):
+    """Checkpoints in MongoDB, one document per checkpoint (layout: ``_shared.py``).
+
+    ``client`` is a ``pymongo.MongoClient``; the saver does no IO
+    until first used, then creates its indexes once (``setup`` does it explicitly).
+
+    - ``database``, ``prefix``: where the four collections live (``<prefix>checkpoints``,
+      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``);
+    - ``write_concern``: a ``pymongo.WriteConcern`` for every write (default: the client's);
+    - ``ttl`` (seconds or timedelta): a delta chain is deleted by a TTL index once its newest
+      checkpoint is older than ``ttl``; a keyframe never expires before a delta that needs it;
+    - ``keep_last``: when a thread starts a new keyframe chain, whole chains holding none of
+      its ``keep_last`` newest checkpoints (per namespace) are deleted;
+    - ``chunk_bytes``: records longer than this are split into chunk documents;
+    - ``orphan_grace``: chunks older than this without a head document are collected by
+      ``setup`` and ``collect_orphans``;
+    - ``retries``: a write that failed on a dropped connection, a primary step-down or a
+      write-concern error is sent again this many times (idempotent: same ``_id``).
+    Other keyword arguments (``serializer``, ``policy``, ``cache_bytes``) go to BaseSaver.
+    """
+
+    _blocking_io = _IS_SYNC
+    _async_only = not _IS_SYNC
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        database: str = "savegame",
+        prefix: str = "",
+        write_concern: Any = None,
+        ttl: float | dt.timedelta | None = None,
+        keep_last: int | None = None,
+        chunk_bytes: int = sh.CHUNK_BYTES,
+        orphan_grace: float | dt.timedelta = dt.timedelta(hours=1),
+        retries: int = 2,
+        owns_client: bool = False,
+        **options: Any,
+    ):
+        super().__init__(**options)
+        if not isinstance(database, str) or not database:
+            raise TypeError("database must be a non-empty str")
+        if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(f"keep_last must be a positive int or None, got {keep_last!r}")
+        if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= sh.CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be between 1 and {sh.CHUNK_BYTES}")
+        self.client = client
+        self.names = sh.Collections.with_prefix(prefix)
+        self.ttl = _seconds(ttl, "ttl")
+        self.keep_last = keep_last
+        self.chunk_bytes = chunk_bytes
+        self.orphan_grace = _seconds(orphan_grace, "orphan_grace") or 3600.0
+        self.retries = max(0, int(retries))
+        self._owns_client = owns_client
+        db = client[database]
+        extra = {} if write_concern is None else {"write_concern": write_concern}
+        self._checkpoints = db.get_collection(self.names.checkpoints, **extra)
+        self._chunks = db.get_collection(self.names.chunks, **extra)
+        self._archive_coll = db.get_collection(self.names.archive, **extra)
+        self._releases = db.get_collection(self.names.releases, **extra)
+        self._ready = False
+        self._bumped: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._bump_lock = threading.Lock()
+
+    @classmethod
+    def from_uri(
+        cls,
+        uri: str,
+        *,
+        database: str | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> MongoSaver:
+        """A saver owning a new client for ``uri``; use it as a context manager (or call
+        ``close``) to close the client. ``database`` defaults to the URI's, else
+        ``"savegame"``."""
+        client: Any = MongoClient(uri, **dict(client_options or {}))
+        if database is None:
+            database = client.get_default_database(default="savegame").name
+        return cls(client, database=database, owns_client=True, **options)
+
+    def close(self) -> None:
+        """Close the client if this saver created it (``from_uri``)."""
+        if self._owns_client:
+            self._owns_client = False
+            _resolve(self.client.close())
+
+    # -- setup and maintenance ---------------------------------------------------------
+    def setup(self) -> None:
+        """Create the indexes (idempotent) and collect orphaned chunks; done lazily on
+        first use."""
+        for attr, keys, index_options in sh.INDEXES:
+            self._collection(attr).create_index(keys, **index_options)
+        if self.ttl is not None:
+            attr, keys, index_options = sh.TTL_INDEX
+            self._collection(attr).create_index(keys, **index_options)
+        self._ready = True
+        self.collect_orphans()
+
+    def collect_orphans(self, older_than: float | dt.timedelta | None = None) -> int:
+        """Delete chunks no checkpoint refers to (left by a put that failed between its
+        chunks and its head document) once older than ``older_than`` (default: the
+        saver's ``orphan_grace``). Returns the number of chunk documents deleted."""
+        grace = _seconds(older_than, "older_than") or self.orphan_grace
+        cutoff = sh.utcnow() - dt.timedelta(seconds=grace)
+        by_thread: dict[str, set[str]] = {}
+        for piece in self._chunks.find({"ts": {"$lt": cutoff}}, {"thread_id": 1,
+                                                                       "token": 1}):
+            by_thread.setdefault(piece["thread_id"], set()).add(piece["token"])
+        removed = 0
+        for thread_id, tokens in by_thread.items():
+            used: set[str] = set()
+            query = {"thread_id": thread_id, "chunks.token": {"$in": sorted(tokens)}}
+            for collection in (self._checkpoints, self._archive_coll):
+                for doc in collection.find(query, {"chunks": 1}):
+                    used.add(doc["chunks"]["token"])
+            dead = sorted(tokens - used)
+            if dead:
+                result = self._chunks.delete_many(
+                    {"thread_id": thread_id, "token": {"$in": dead}})
+                removed += int(result.deleted_count)
+        return removed
+
+    def prune(self, thread_id: str, namespace: str = "") -> int:
+        """Apply ``keep_last`` to one thread and namespace now; returns documents deleted."""
+        sh.check_space(thread_id, namespace)
+        if self.keep_last is None:
+            return 0
+        self._ensure_setup()
+        return self._prune(thread_id, namespace, self.keep_last)
+
+    def _prune(self, thread_id: str, namespace: str, keep: int) -> int:
+        newest = [doc for doc in self._checkpoints.find(
+            sh.space(thread_id, namespace), {"cid": 1, "kf": 1}, sort=[("cid", -1)],
+            limit=keep)]
+        if len(newest) < keep:
+            return 0
+        query = sh.space(thread_id, namespace)
+        query["cid"] = {"$lt": newest[-1]["cid"]}
+        query["kf"] = {"$nin": sorted({doc["kf"] for doc in newest})}
+        result = self._checkpoints.delete_many(query)
+        return int(result.deleted_count)
+
+    def _collection(self, name: str) -> Any:
+        return {"checkpoints": self._checkpoints, "chunks": self._chunks,
+                "archive": self._archive_coll, "releases": self._releases}[name]
+
+    def _ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+
+    # -- primitives ----------------------------------------------------------------------
+    def _complete(self, docs: Sequence[Mapping[str, Any]]) -> list[StoredCheckpoint]:
+        """StoredCheckpoints of head documents of one thread, fetching chunked records in
+        one query."""
+        tokens = sh.tokens_of(docs)
+        pieces: dict[str, list[Mapping[str, Any]]] = {}
+        if tokens:
+            query = {"thread_id": docs[0]["thread_id"], "token": {"$in": tokens}}
+            for piece in self._chunks.find(query):
+                pieces.setdefault(piece["token"], []).append(piece)
+        out = []
+        for doc in docs:
+            token = sh.chunk_token(doc)
+            record = None if token is None else sh.join_chunks(doc, pieces.get(token, []))
+            out.append(sh.from_doc(doc, record))
+        return out
+
+    def _read(
+        self, thread_id: str, namespace: str, checkpoint_id: str
+    ) -> StoredCheckpoint | None:
+        self._ensure_setup()
+        doc = self._checkpoints.find_one(sh.one(thread_id, namespace, checkpoint_id))
+        return None if doc is None else (self._complete([doc]))[0]
+
+    def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
+        self._ensure_setup()
+        doc = self._checkpoints.find_one(sh.space(thread_id, namespace),
+                                               sort=[("cid", -1)])
+        return None if doc is None else (self._complete([doc]))[0]
+
+    def _read_chains(
+        self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
+    ) -> list[StoredCheckpoint]:
+        self._ensure_setup()
+        docs = [doc for doc in self._checkpoints.find(
+            sh.chains_filter(thread_id, namespace, keyframe_ids))]
+        return self._complete(docs)
+
+    def _list(
+        self,
+        thread_id: str,
+        namespace: str,
+        before: str | None,
+        limit: int | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> list[StoredCheckpoint]:
+        self._ensure_setup()
+        query = sh.list_filter(thread_id, namespace, before, metadata)
+        docs: list[Mapping[str, Any]] = []
+        if not metadata:
+            cursor = self._checkpoints.find(query, sort=[("cid", -1)], limit=limit or 0)
+            docs = [doc for doc in cursor]
+        else:  # the server pre-filters; exact equality is checked here
+            cursor = self._checkpoints.find(query, sort=[("cid", -1)],
+                                            batch_size=max(limit or 0, 16))
+            try:
+                for doc in cursor:
+                    if sh.metadata_matches(doc.get("meta") or {}, metadata):
+                        docs.append(doc)
+                        if limit is not None and len(docs) >= limit:
+                            break
+            finally:
+                _resolve(cursor.close())
+        return self._complete(docs)
+
+    def _insert(self, stored: StoredCheckpoint) -> StoredCheckpoint | None:
+        self._ensure_setup()
+        expire_at = None
+        if self.ttl is not None:
+            expire_at = stored.created_at + dt.timedelta(seconds=self.ttl)
+        doc, chunks = sh.to_doc(stored, expire_at=expire_at, chunk_bytes=self.chunk_bytes)
+        if chunks:  # every piece is stored before the head that makes them visible
+            self._with_retries(self._insert_chunks, chunks)
+        try:
+            self._with_retries(self._checkpoints.insert_one, doc)
+        except DuplicateKeyError:
+            if chunks:
+                self._chunks.delete_many({"thread_id": stored.thread_id,
+                                                "token": sh.chunk_token(doc)})
+            existing = self._read(stored.thread_id, stored.namespace, stored.id)
+            if existing is None:
+                raise
+            return existing
+        if self.ttl is not None and stored.base_id is not None:
+            self._extend_chain(stored)
+        if self.keep_last is not None and stored.base_id is None:
+            self._prune(stored.thread_id, stored.namespace, self.keep_last)
+        return None
+
+    def _insert_chunks(self, chunks: list[dict[str, Any]]) -> None:
+        try:
+            self._chunks.insert_many(chunks, ordered=False)
+        except BulkWriteError as exc:  # a retry: pieces already stored are fine
+            if not sh.only_duplicates(exc.details):
+                raise
+
+    def _with_retries(self, write: Any, argument: Any) -> None:
+        """Send ``write(argument)`` again after a transient failure; a resent insert of a
+        document the server did apply comes back as DuplicateKeyError."""
+        attempt = 0
+        while True:
+            try:
+                write(argument)
+                return
+            except _TRANSIENT:
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+
+    def _extend_chain(self, stored: StoredCheckpoint) -> None:
+        """Keep every record of the chain alive at least as long as the newest one.
+
+        The chain's documents expire ``1.1 * ttl`` after the last extension, and this saver
+        extends again once ``0.1 * ttl`` has passed, so a new document (expiring ``ttl``
+        after its write) never outlives the records it needs.
+        """
+        assert self.ttl is not None
+        key = (stored.thread_id, stored.namespace, stored.keyframe_id)
+        now = time.time()
+        with self._bump_lock:
+            last = self._bumped.get(key)
+            if last is not None and now - last < 0.1 * self.ttl:
+                return
+            self._bumped[key] = now
+            self._bumped.move_to_end(key)
+            while len(self._bumped) > 4096:
+                self._bumped.popitem(last=False)
+        expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
+        query = sh.space(stored.thread_id, stored.namespace)
+        query["kf"] = stored.keyframe_id
+        self._checkpoints.update_many(query, {"$max": {"exp": expire_at}})
+
+    def _delete_thread(self, thread_id: str) -> None:
+        self._ensure_setup()
+        for collection in (self._checkpoints, self._archive_coll, self._releases,
+                           self._chunks):
+            collection.delete_many({"thread_id": thread_id})
+
+    def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
+        self._ensure_setup()
+        docs = [doc for doc in self._checkpoints.find({"thread_id": thread_id})]
+        items = self._complete(docs)
+        version = self._allocate_version(thread_id, len(docs))
+        if docs:
+            try:
+                self._archive_coll.insert_many(
+                    [sh.archive_doc(doc, version) for doc in docs], ordered=False)
+            except BulkWriteError as exc:
+                if not sh.only_duplicates(exc.details):
+                    raise
+            self._checkpoints.delete_many(
+                {"thread_id": thread_id, "_id": {"$in": [doc["_id"] for doc in docs]}})
+        return version, items
+
+    def _allocate_version(self, thread_id: str, count: int) -> int:
+        last = self._releases.find_one({"thread_id": thread_id},
+                                             sort=[("version", -1)])
+        version = 1 if last is None else int(last["version"]) + 1
+        while True:
+            try:
+                self._releases.insert_one(sh.release_doc(thread_id, version, count))
+                return version
+            except DuplicateKeyError:
+                version += 1
+
+    def _versions(self, thread_id: str) -> list[int]:
+        self._ensure_setup()
+        return [int(doc["version"]) for doc in self._releases.find(
+            {"thread_id": thread_id}, {"version": 1})]
+
+    def _read_version(
+        self, thread_id: str, version: int
+    ) -> list[StoredCheckpoint] | None:
+        self._ensure_setup()
+        marker = self._releases.find_one(
+            {"_id": sh.release_id(thread_id, version), "thread_id": thread_id})
+        if marker is None:
+            return None
+        docs = [doc for doc in self._archive_coll.find(
+            {"thread_id": thread_id, "version": version})]
+        return self._complete(docs)
