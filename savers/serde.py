@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import inspect
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -21,7 +22,6 @@ from typing import Any, TypeVar, cast
 
 import cattrs
 import msgpack
-from cattrs.gen import make_dict_structure_fn
 
 from .errors import SerializationError
 
@@ -64,7 +64,9 @@ class TypeRegistry:
         self._by_cls: dict[type, _Entry] = {}
         self._by_name: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._converter = cattrs.Converter(detailed_validation=False)
+        self._converter = cattrs.Converter(
+            detailed_validation=False, structure_fallback_factory=_keep_factory
+        )
         # Field values arrive already decoded (datetimes, nested registered objects...):
         # cattrs hands such values through instead of re-structuring them.
         self._converter.register_structure_hook_func(self._is_decoded, _passthrough)
@@ -106,24 +108,32 @@ class TypeRegistry:
         self, cls: type
     ) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], Any]]:
         """Shallow field maps: nested values are serialized by the serializer, so every
-        nested custom object must itself be registered (and keeps its exact type)."""
+        nested custom object must itself be registered (and keeps its exact type).
+
+        Field values come back already decoded exactly, so a dataclass or attrs class is
+        rebuilt by calling it with them: structuring by annotation would coerce values (a
+        bool in an ``int`` field, an int in a ``float`` field, a list in a ``tuple`` one)."""
         pairs: list[tuple[str, str]]  # (attribute, key in the stored map = init argument)
+        structure: Callable[[dict[str, Any]], Any]
         if hasattr(cls, "model_fields") and hasattr(cls, "model_validate"):
             pairs = [(name, name) for name in cls.model_fields]
-            structure: Callable[[dict[str, Any]], Any] = cls.model_validate
+            # Keys are field names, not aliases: validate by name (pydantic >= 2.11).
+            if "by_name" in inspect.signature(cls.model_validate).parameters:
+
+                def structure(data: dict[str, Any]) -> Any:
+                    return cls.model_validate(data, by_name=True)
+
+            else:
+                structure = cls.model_validate
         elif dataclasses.is_dataclass(cls) or hasattr(cls, "__attrs_attrs__"):
             if dataclasses.is_dataclass(cls):
                 pairs = [(f.name, f.name) for f in dataclasses.fields(cls) if f.init]
             else:
                 pairs = [(a.name, a.alias) for a in cls.__attrs_attrs__ if a.init]
-            # cattrs builds the constructor call; nested values arrive already decoded and
-            # go through the passthrough hook registered in __init__.
-            build: Callable[[Any, type], Any] = make_dict_structure_fn(
-                cls, self._converter, _cattrs_use_alias=True
-            )
 
             def structure(data: dict[str, Any]) -> Any:
-                return build(data, cls)
+                return cls(**data)
+
         else:
             raise TypeError(
                 f"{cls.__qualname__} is not a dataclass, attrs class, pydantic model or Enum; "
@@ -140,6 +150,15 @@ class TypeRegistry:
 
     def entry_named(self, name: str) -> _Entry | None:
         return self._by_name.get(name)
+
+
+def _keep(value: Any, _: Any) -> Any:
+    return value
+
+
+def _keep_factory(_: Any) -> Callable[[Any, Any], Any]:
+    """Field types cattrs has no hook for (``object``, protocols...) keep the decoded value."""
+    return _keep
 
 
 def _passthrough(value: Any, tp: type) -> Any:

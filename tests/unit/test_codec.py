@@ -1,0 +1,578 @@
+"""Unit and property tests of savegame.savers.codec: records, deltas, keyframe policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import struct
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from savegame.savers import Checkpoint, MemorySaver, codec
+from savegame.savers.codec import (
+    ANCHOR,
+    DELTA,
+    FORMAT_VERSION,
+    KEYFRAME,
+    Base,
+    KeyframePolicy,
+    RecordError,
+    UnsupportedFormatError,
+    decode_path,
+    encode,
+    raw_hash,
+    read_header,
+)
+from savegame.savers.serde import Serializer
+
+SER = Serializer()
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_WORDS = [
+    "".join(random.Random(i).choices(_LETTERS, k=random.Random(-i).randint(2, 10)))
+    for i in range(3000)
+]
+
+
+def sentence(rng: random.Random, chars: int) -> str:
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        word = rng.choice(_WORDS)
+        out.append(word)
+        size += len(word) + 1
+    return " ".join(out)
+
+
+def chat_state(rng: random.Random, n: int, chars: int = 400) -> dict[str, Any]:
+    return {"messages": [{"role": rng.choice(["user", "assistant"]),
+                          "content": sentence(rng, chars)} for _ in range(n)],
+            "step": n}
+
+
+def dumps(state: dict[str, Any]) -> bytes:
+    return SER.dumps(state)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality: types all the way down, nan == nan, -0.0 != 0.0."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        pairs = zip(a.items(), b.items(), strict=True)
+        return len(a) == len(b) and all(
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in pairs
+        )
+    return bool(a == b)
+
+
+def fix_crc(data: bytes | bytearray) -> bytes:
+    """Recompute a record's crc32 so only the deliberate change remains."""
+    data = bytearray(data)
+    kind = data[3]
+    size = struct.calcsize(">2sBBHHI8s") + (8 if kind != KEYFRAME else 0) + struct.calcsize(">IHI")
+    crc = zlib.crc32(bytes(data[size:]), zlib.crc32(bytes(data[: size - 4])))
+    data[size - 4: size] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+# -- header ------------------------------------------------------------------------------
+
+
+def _pair() -> tuple[bytes, codec.EncodedRecord, bytes, codec.EncodedRecord]:
+    rng = random.Random(1)
+    state = chat_state(rng, 20, 200)
+    raw0 = dumps(state)
+    key = encode(raw0)
+    state["messages"].append({"role": "user", "content": sentence(rng, 200)})
+    raw1 = dumps(state)
+    delta = encode(raw1, Base(raw0, key.header), Base(raw0, key.header))
+    return raw0, key, raw1, delta
+
+
+def test_header_roundtrip() -> None:
+    raw0, key, raw1, delta = _pair()
+    assert key.header.kind == KEYFRAME and key.base == KEYFRAME and key.header.is_keyframe
+    assert delta.header.kind in (DELTA, ANCHOR) and delta.base == delta.header.kind
+    for raw, rec in ((raw0, key), (raw1, delta)):
+        parsed = read_header(rec.data)
+        assert parsed == rec.header
+        assert parsed.raw_len == len(raw) and parsed.raw_hash == raw_hash(raw)
+        assert parsed.size < len(rec.data)
+    assert key.header.depth == 1 and key.header.base_hash is None
+    assert delta.header.depth == 2 and delta.header.base_hash == raw_hash(raw0)
+    assert delta.header.chain_bytes == len(delta.data) - delta.header.size
+    assert decode_path([key.data, delta.data]) == [raw0, raw1]
+    assert decode_path([delta.data], Base(raw0, key.header)) == [raw1]
+    assert len(delta.data) < len(key.data) / 4
+
+
+def test_empty_state_record() -> None:
+    raw = dumps({})
+    rec = encode(raw)
+    assert decode_path([rec.data]) == [raw]
+    child = encode(raw, Base(raw, rec.header), Base(raw, rec.header))
+    path = [rec.data, child.data] if child.header.kind != KEYFRAME else [child.data]
+    assert decode_path(path)[-1] == raw
+
+
+def test_read_header_rejects_bad_magic() -> None:
+    _, key, _, _ = _pair()
+    for bad in (b"XX" + key.data[2:], b"sg" + key.data[2:], b"", b"S", b"SG"):
+        with pytest.raises(RecordError):
+            read_header(bad)
+
+
+@pytest.mark.parametrize("which", ["keyframe", "delta"])
+def test_read_header_rejects_truncation(which: str) -> None:
+    _, key, _, delta = _pair()
+    data = key.data if which == "keyframe" else delta.data
+    for cut in range(len(data)):
+        with pytest.raises(RecordError):
+            read_header(data[:cut])
+        with pytest.raises(RecordError):
+            decode_path([data[:cut]]) if which == "keyframe" else decode_path(
+                [key.data, data[:cut]])
+
+
+@pytest.mark.parametrize("which", ["keyframe", "delta"])
+def test_any_flipped_byte_is_detected(which: str) -> None:
+    _, key, _, delta = _pair()
+    data = key.data if which == "keyframe" else delta.data
+    for index in range(len(data)):
+        for mask in (0x01, 0x80, 0xFF):
+            bad = bytearray(data)
+            bad[index] ^= mask
+            with pytest.raises(RecordError):
+                read_header(bytes(bad))
+            with pytest.raises(RecordError):
+                decode_path([bytes(bad)]) if which == "keyframe" else decode_path(
+                    [key.data, bytes(bad)])
+
+
+@pytest.mark.parametrize("which", ["keyframe", "delta"])
+def test_higher_format_version_refused(which: str) -> None:
+    _, key, _, delta = _pair()
+    data = bytearray(key.data if which == "keyframe" else delta.data)
+    data[2] = FORMAT_VERSION + 1
+    bumped = fix_crc(data)
+    with pytest.raises(UnsupportedFormatError, match="upgrade") as info:
+        read_header(bumped)
+    assert str(FORMAT_VERSION + 1) in str(info.value)
+    assert isinstance(info.value, RecordError)
+    with pytest.raises(UnsupportedFormatError, match="upgrade"):
+        if which == "keyframe":
+            decode_path([bumped])
+        else:
+            decode_path([key.data, bumped])
+    # Sanity: fix_crc alone on an unchanged record keeps it valid.
+    assert read_header(fix_crc(key.data)) == key.header
+    data[2] = 0xFF
+    with pytest.raises(UnsupportedFormatError):
+        read_header(fix_crc(data))
+
+
+def test_malformed_header_fields_refused() -> None:
+    _, key, _, _ = _pair()
+    for index, value in ((2, 0), (3, 7), (4, 0), (5, 0)):  # version 0, kind 7, depth 0
+        data = bytearray(key.data)
+        data[index] = value
+        if index == 4:
+            data[5] = 0
+        with pytest.raises(RecordError):
+            read_header(fix_crc(data))
+
+
+@pytest.mark.parametrize("which", ["keyframe", "delta"])
+def test_tampered_frame_with_valid_crc_never_gives_wrong_bytes(which: str) -> None:
+    raw0, key, raw1, delta = _pair()
+    rec, expected = (key, raw0) if which == "keyframe" else (delta, raw1)
+    base = None if which == "keyframe" else Base(raw0, key.header)
+    for index in range(len(rec.data)):
+        bad = bytearray(rec.data)
+        bad[index] ^= 0x5A
+        if index < 2:
+            continue  # magic: covered above
+        try:
+            out = decode_path([fix_crc(bad)], base)
+        except RecordError:
+            continue
+        assert out == [expected], f"byte {index} altered gave wrong bytes"
+
+
+def test_decode_against_wrong_base_fails() -> None:
+    rng = random.Random(7)
+    state = chat_state(rng, 30, 100)
+    raw0 = dumps(state)
+    key = encode(raw0)
+    state["messages"].append({"role": "user", "content": "one more"})
+    raw1 = dumps(state)
+    delta = encode(raw1, Base(raw0, key.header), None)
+    assert delta.header.kind == DELTA
+    # Same length, one byte changed, anywhere in the base, under the right header: zstd's
+    # content checksum catches it. (A changed byte the delta never copies from cannot
+    # change the output: then the exact bytes come back, never wrong ones.)
+    failures = 0
+    for index in range(len(raw0)):
+        wrong = bytearray(raw0)
+        wrong[index] ^= 0x01
+        try:
+            out = decode_path([delta.data], Base(bytes(wrong), key.header))
+        except RecordError:
+            failures += 1
+            continue
+        assert out == [raw1], f"wrong bytes with base byte {index} changed"
+    assert failures > len(raw0) * 0.9
+    for index in (len(raw0) // 3, len(raw0) // 2, len(raw0) * 2 // 3):
+        wrong = bytearray(raw0)
+        wrong[index] ^= 0x01
+        wrong_raw = bytes(wrong)
+        with pytest.raises(RecordError, match="does not decode"):
+            decode_path([delta.data], Base(wrong_raw, key.header))
+        # The wrong base as a record of its own: the base hash catches it.
+        wrong_key = encode(wrong_raw)
+        with pytest.raises(RecordError, match="base"):
+            decode_path([wrong_key.data, delta.data])
+        with pytest.raises(RecordError):
+            decode_path([delta.data], Base(wrong_raw, wrong_key.header))
+
+
+def test_delta_without_base_fails() -> None:
+    _, _, _, delta = _pair()
+    with pytest.raises(RecordError, match="without its base") as info:
+        decode_path([delta.data])
+    assert info.value.position == 0
+    with pytest.raises(RecordError):
+        decode_path([delta.data, delta.data])
+
+
+def test_linkage_and_depth_mismatch_fail() -> None:
+    raw0, key, raw1, delta = _pair()
+    other = encode(dumps({"other": 1}))
+    with pytest.raises(RecordError) as info:
+        decode_path([other.data, delta.data])  # delta of another chain
+    assert info.value.position == 1
+    with pytest.raises(RecordError):
+        decode_path([key.data, key.data])  # a keyframe where a delta should be
+    with pytest.raises(RecordError, match="depth"):
+        decode_path([delta.data], Base(raw0, dataclasses.replace(key.header, depth=3)))
+    # Depth forged in the record itself (crc fixed): still refused.
+    forged = bytearray(delta.data)
+    forged[4:6] = struct.pack(">H", 5)
+    with pytest.raises(RecordError, match="depth"):
+        decode_path([key.data, fix_crc(forged)])
+    # A chain skipping a record.
+    state = SER.loads(raw1)
+    state["messages"].append({"role": "user", "content": "third"})
+    raw2 = dumps(state)
+    third = encode(raw2, Base(raw1, delta.header), None)
+    assert third.header.kind == DELTA
+    assert decode_path([key.data, delta.data, third.data]) == [raw0, raw1, raw2]
+    with pytest.raises(RecordError) as info:
+        decode_path([key.data, third.data])
+    assert info.value.position == 1
+
+
+# -- keyframe policy ---------------------------------------------------------------------
+
+
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError):
+        KeyframePolicy(max_chain=0)
+    with pytest.raises(ValueError):
+        KeyframePolicy(max_chain=0x10000)
+    with pytest.raises(ValueError):
+        KeyframePolicy(max_chain=4, run=5)
+
+
+@pytest.mark.parametrize(
+    ("max_chain", "run"),
+    [(m, r) for m in (1, 2, 3, 5, 8, 32) for r in (None, 1, 2, 3, m) if r is None or r <= m],
+)
+def test_linear_chain_never_exceeds_max_chain(max_chain: int, run: int | None) -> None:
+    policy = KeyframePolicy(max_chain=max_chain, run=run)
+    rng = random.Random(max_chain)
+    state = chat_state(rng, 10, 200)
+    nodes: list[tuple[bytes, codec.RecordHeader, bytes, int | None, int]] = []
+    keyframes = 0
+    for _ in range(120):
+        state["messages"].append({"role": "user", "content": sentence(rng, 200)})
+        raw = dumps(state)
+        parent = anchor = None
+        if nodes:
+            p_raw, p_head, _, _, p_anchor = nodes[-1]
+            parent = Base(p_raw, p_head)
+            a_raw, a_head = nodes[p_anchor][0], nodes[p_anchor][1]
+            anchor = Base(a_raw, a_head)
+        rec = encode(raw, parent, anchor, policy)
+        assert 1 <= rec.header.depth <= max_chain
+        base_index = {KEYFRAME: None, DELTA: len(nodes) - 1,
+                      ANCHOR: nodes[-1][4] if nodes else None}[rec.base]
+        keyframes += rec.base == KEYFRAME
+        me = len(nodes)
+        nodes.append((raw, rec.header, rec.data, base_index,
+                      me if rec.header.is_anchor else nodes[-1][4]))
+        path = [me]
+        while nodes[path[-1]][3] is not None:
+            path.append(nodes[path[-1]][3])  # type: ignore[arg-type]
+        path.reverse()
+        assert len(path) == rec.header.depth
+        assert decode_path([nodes[i][2] for i in path])[-1] == raw
+    if max_chain == 1:
+        assert keyframes == 120
+    elif max_chain >= 8:
+        assert keyframes < 120 // max_chain + 2  # skip chains: keyframes are rare
+
+
+def test_scene_cut_becomes_keyframe() -> None:
+    rng = random.Random(3)
+    raw0 = dumps(chat_state(rng, 50, 300))
+    key = encode(raw0)
+    # The same shape, entirely new content: a delta would cost as much as a keyframe.
+    raw1 = dumps(chat_state(random.Random(99), 50, 300))
+    rec = encode(raw1, Base(raw0, key.header), Base(raw0, key.header), KeyframePolicy())
+    assert rec.base == KEYFRAME and rec.header.is_keyframe and rec.header.depth == 1
+    # With the scene-cut threshold disabled the delta is kept (so the rule above did it).
+    loose = KeyframePolicy(max_delta_ratio=10.0, max_chain_ratio=10.0)
+    rec = encode(raw1, Base(raw0, key.header), None, loose)
+    assert rec.base == DELTA
+
+
+def test_chain_bytes_budget_forces_keyframe() -> None:
+    policy = KeyframePolicy(max_chain=1000, run=1000, max_delta_ratio=1.0, max_chain_ratio=0.5)
+    rng = random.Random(5)
+    state = chat_state(rng, 5, 300)
+    raw = dumps(state)
+    prev = encode(raw)
+    prev_raw = raw
+    kinds = []
+    for _ in range(60):
+        state["messages"].append({"role": "user", "content": sentence(rng, 300)})
+        raw = dumps(state)
+        rec = encode(raw, Base(prev_raw, prev.header), None, policy)
+        kinds.append(rec.base)
+        assert rec.header.chain_bytes <= 0.5 * rec.header.raw_len * 1.0 or rec.base == KEYFRAME
+        prev, prev_raw = rec, raw
+    assert KEYFRAME in kinds and DELTA in kinds
+
+
+def test_no_base_means_keyframe() -> None:
+    raw = dumps({"a": 1})
+    assert encode(raw, None, None).base == KEYFRAME
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("megabytes", [2, 4, 8])
+def test_large_base_still_gives_small_delta(megabytes: int) -> None:
+    """Guards the large-base compression cliff (research/compression_delta.md §3)."""
+    rng = random.Random(megabytes)
+    messages = []
+    size = 0
+    while size < megabytes << 20:
+        text = sentence(rng, 400)
+        messages.append({"role": "user", "content": text})
+        size += len(text) + 10
+    state = {"messages": messages}
+    raw0 = dumps(state)
+    assert len(raw0) >= megabytes << 20
+    key = encode(raw0)
+    messages.append({"role": "assistant", "content": sentence(rng, 400)})
+    raw1 = dumps(state)
+    rec = encode(raw1, Base(raw0, key.header), Base(raw0, key.header))
+    assert rec.base != KEYFRAME
+    assert len(rec.data) < 0.05 * len(key.data), (len(rec.data), len(key.data))
+    assert decode_path([rec.data], Base(raw0, key.header)) == [raw1]
+
+
+# -- the property test: random histories with forks -------------------------------------
+
+POLICIES = [
+    KeyframePolicy(max_chain=1),
+    KeyframePolicy(max_chain=2),
+    KeyframePolicy(max_chain=3),
+    KeyframePolicy(max_chain=3, run=1),
+    KeyframePolicy(max_chain=8),
+    KeyframePolicy(max_chain=8, run=1, max_delta_ratio=0.9),
+    KeyframePolicy(max_chain=8, run=8, max_chain_ratio=0.3),
+    KeyframePolicy(max_chain=32),
+    KeyframePolicy(max_chain=32, run=3, max_delta_ratio=0.05),
+    KeyframePolicy(max_chain=32, max_delta_ratio=2.0, max_chain_ratio=50.0),
+    KeyframePolicy(max_chain=32, run=32, max_chain_ratio=0.1, level=1),
+]
+
+OPS = ["append", "append", "append", "edit", "delete", "retype", "replace", "grow"]
+
+
+def _new_value(rng: random.Random, avoid: type | None) -> Any:
+    makers = [
+        lambda: rng.randint(-(2**70), 2**70),
+        lambda: sentence(rng, rng.randint(0, 60)),
+        lambda: [sentence(rng, 20) for _ in range(rng.randint(0, 4))],
+        lambda: tuple(rng.randint(0, 9) for _ in range(rng.randint(0, 4))),
+        lambda: {sentence(rng, 5): rng.random() for _ in range(rng.randint(0, 3))},
+        lambda: None,
+        lambda: rng.random() * 10,
+        lambda: sentence(rng, 30).encode(),
+    ]
+    for _ in range(20):
+        value = rng.choice(makers)()
+        if type(value) is not avoid:
+            return value
+    return value
+
+
+def apply_op(op: str, state: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    state = {k: (list(v) if type(v) is list else v) for k, v in state.items()}
+    messages = state.get("messages")
+    if type(messages) is not list:
+        messages = state["messages"] = []
+    if op == "append":
+        for _ in range(rng.randint(1, 3)):
+            messages.append({"role": rng.choice(["user", "tool"]), "content": sentence(rng, 80)})
+    elif op == "grow":
+        messages.extend({"role": "bulk", "content": sentence(rng, 300)} for _ in range(10))
+    elif op == "edit" and messages:
+        index = rng.randrange(len(messages))
+        messages[index] = {"role": "edited", "content": sentence(rng, rng.randint(0, 200))}
+    elif op == "delete":
+        keys = [k for k in state if k != "messages"]
+        if keys:
+            del state[rng.choice(keys)]
+        elif messages:
+            del messages[rng.randrange(len(messages))]
+    elif op == "retype":
+        key = rng.choice([*state, f"k{rng.randint(0, 5)}"])
+        state[key] = _new_value(rng, type(state.get(key)))
+    elif op == "replace":
+        state = {f"r{rng.randint(0, 3)}": _new_value(rng, None),
+                 "messages": [sentence(rng, 50) for _ in range(rng.randint(0, 5))]}
+    return state
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[KeyframePolicy, int, list[tuple[int | None, str]]]:
+    policy = draw(st.sampled_from(POLICIES))
+    seed = draw(st.integers(0, 2**32))
+    n = draw(st.integers(1, 40))
+    steps: list[tuple[int | None, str]] = []
+    for i in range(n):
+        # None: continue from the latest; an int: fork from that earlier checkpoint.
+        parent = draw(st.one_of(st.none(), st.integers(0, i - 1))) if i else None
+        steps.append((parent, draw(st.sampled_from(OPS))))
+    return policy, seed, steps
+
+
+def build_states(seed: int, steps: list[tuple[int | None, str]]) -> list[tuple[int | None, dict]]:
+    """(parent index, state) for every checkpoint; the first has no parent."""
+    rng = random.Random(seed)
+    out: list[tuple[int | None, dict[str, Any]]] = []
+    for i, (parent, op) in enumerate(steps):
+        if i == 0:
+            out.append((None, apply_op("grow", {"messages": [], "n": 0}, rng)))
+            continue
+        p = i - 1 if parent is None else parent
+        out.append((p, apply_op(op, out[p][1], rng)))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_codec_histories_decode_exactly(
+    history: tuple[KeyframePolicy, int, list[tuple[int | None, str]]],
+) -> None:
+    policy, seed, steps = history
+    states = build_states(seed, steps)
+    # node: raw, header, record, base index, anchor index
+    nodes: list[tuple[bytes, codec.RecordHeader, bytes, int | None, int]] = []
+    for me, (parent, state) in enumerate(states):
+        raw = dumps(state)
+        if parent is None:
+            rec = encode(raw, None, None, policy)
+        else:
+            p_raw, p_head, _, _, p_anchor = nodes[parent]
+            a_raw, a_head = nodes[p_anchor][0], nodes[p_anchor][1]
+            rec = encode(raw, Base(p_raw, p_head), Base(a_raw, a_head), policy)
+        assert 1 <= rec.header.depth <= policy.max_chain
+        assert read_header(rec.data) == rec.header
+        base_index = {
+            KEYFRAME: None,
+            DELTA: parent,
+            ANCHOR: nodes[parent][4] if parent is not None else None,
+        }[rec.base]
+        assert (base_index is None) == (rec.base == KEYFRAME)
+        event(f"record kind {rec.base}")
+        if parent is not None and parent != me - 1:
+            event("fork")
+        anchor_index = me if rec.header.is_anchor else nodes[parent][4]  # type: ignore[index]
+        nodes.append((raw, rec.header, rec.data, base_index, anchor_index))
+
+    for me, (_, state) in enumerate(states):
+        path = [me]
+        while nodes[path[-1]][3] is not None:
+            path.append(nodes[path[-1]][3])  # type: ignore[arg-type]
+        path.reverse()
+        assert len(path) == nodes[me][1].depth <= policy.max_chain
+        raws = decode_path([nodes[i][2] for i in path])
+        assert raws == [nodes[i][0] for i in path]
+        assert same(SER.loads(raws[-1]), state)
+        if len(path) > 1:  # start from a decoded ancestor instead of the keyframe
+            cut = len(path) // 2
+            known = nodes[path[cut - 1]]
+            tail = decode_path([nodes[i][2] for i in path[cut:]], Base(known[0], known[1]))
+            assert tail[-1] == nodes[me][0]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.lists(st.booleans(), min_size=40, max_size=40))
+def test_memory_saver_histories_read_back_exactly(
+    history: tuple[KeyframePolicy, int, list[tuple[int | None, str]]], clears: list[bool]
+) -> None:
+    policy, seed, steps = history
+    states = build_states(seed, steps)
+    saver = MemorySaver(policy=policy)
+    ids: list[str] = []
+    for me, (parent, state) in enumerate(states):
+        forked = parent is not None and parent != me - 1
+        if clears[me] and me % 3 == 0:
+            saver._cache.clear()  # a writer that lost the parent's bytes
+        stored = saver.put(Checkpoint(thread_id="t", state=state,
+                                      parent_id=ids[parent] if forked else None))
+        assert stored.id is not None
+        assert stored.parent_id == (ids[parent] if parent is not None else None)
+        ids.append(stored.id)
+        assert stored.step == (0 if parent is None else saver.get("t", ids[parent]).step + 1)
+
+    def check_all() -> None:
+        for me, (_, state) in enumerate(states):
+            got = saver.get("t", ids[me])
+            assert got is not None and got.id == ids[me]
+            assert same(dict(got.state), state)
+
+    check_all()  # warm cache
+    saver._cache.clear()
+    check_all()  # cold: every read decodes its chain, then warms the cache
+    saver._cache.clear()
+    for me in reversed(range(len(states))):  # cold, newest first
+        got = saver.get("t", ids[me])
+        assert got is not None and same(dict(got.state), states[me][1])
+    saver._cache.clear()
+    listed = list(saver.list("t"))
+    assert [c.id for c in listed] == sorted(ids, reverse=True)
+    by_id = {c.id: c for c in listed}
+    for me, (_, state) in enumerate(states):
+        assert same(dict(by_id[ids[me]].state), state)
+    latest = saver.get("t")
+    assert latest is not None and latest.id == ids[-1]
+    # Every record a read needs stays within max_chain.
+    for item in saver._threads["t"][""].items.values():
+        assert 1 <= item.depth <= policy.max_chain
