@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import cattrs
 import msgpack
+from cattrs.gen import make_dict_structure_fn
 
 from .errors import SerializationError
 
@@ -64,15 +65,14 @@ class TypeRegistry:
         self._by_cls: dict[type, _Entry] = {}
         self._by_name: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._converter = cattrs.Converter(
-            detailed_validation=False, structure_fallback_factory=_keep_factory
-        )
-        # Field values arrive already decoded (datetimes, nested registered objects...):
-        # cattrs hands such values through instead of re-structuring them.
-        self._converter.register_structure_hook_func(self._is_decoded, _passthrough)
-
-    def _is_decoded(self, tp: Any) -> bool:
-        return isinstance(tp, type) and (tp in self._by_cls or issubclass(tp, _VALUE_TYPES))
+        # cattrs builds each registered class's constructor call (aliases, defaults,
+        # keyword-only fields). Field values arrive already decoded exactly, so every field
+        # hook keeps the value as it is: structuring by annotation would coerce it (True in
+        # an ``int`` field to 1, a list in a ``tuple`` field to a tuple).
+        self._converter = cattrs.Converter(detailed_validation=False)
+        self._converter.register_structure_hook_func(_any_type, _keep)
+        for primitive in (str, int, float, bool, bytes):  # cattrs's own hooks outrank ours
+            self._converter.register_structure_hook(primitive, _keep)
 
     def register(
         self,
@@ -110,9 +110,9 @@ class TypeRegistry:
         """Shallow field maps: nested values are serialized by the serializer, so every
         nested custom object must itself be registered (and keeps its exact type).
 
-        Field values come back already decoded exactly, so a dataclass or attrs class is
-        rebuilt by calling it with them: structuring by annotation would coerce values (a
-        bool in an ``int`` field, an int in a ``float`` field, a list in a ``tuple`` one)."""
+        Dataclasses and attrs classes are rebuilt by a cattrs-generated function that hands
+        the decoded field values to the constructor unchanged; pydantic models validate
+        them by field name."""
         pairs: list[tuple[str, str]]  # (attribute, key in the stored map = init argument)
         structure: Callable[[dict[str, Any]], Any]
         if hasattr(cls, "model_fields") and hasattr(cls, "model_validate"):
@@ -131,8 +131,12 @@ class TypeRegistry:
             else:
                 pairs = [(a.name, a.alias) for a in cls.__attrs_attrs__ if a.init]
 
+            build: Callable[[Any, type], Any] = make_dict_structure_fn(
+                cls, self._converter, _cattrs_use_alias=True
+            )
+
             def structure(data: dict[str, Any]) -> Any:
-                return cls(**data)
+                return build(data, cls)
 
         else:
             raise TypeError(
@@ -152,22 +156,12 @@ class TypeRegistry:
         return self._by_name.get(name)
 
 
+def _any_type(_: Any) -> bool:
+    return True
+
+
 def _keep(value: Any, _: Any) -> Any:
     return value
-
-
-def _keep_factory(_: Any) -> Callable[[Any, Any], Any]:
-    """Field types cattrs has no hook for (``object``, protocols...) keep the decoded value."""
-    return _keep
-
-
-def _passthrough(value: Any, tp: type) -> Any:
-    if isinstance(value, tp):
-        return value
-    raise SerializationError(
-        f"stored field of type {tp.__qualname__} holds {type(value).__qualname__}",
-        type_name=type(value).__qualname__,
-    )
 
 
 def _as_dict(unstructure: Callable[[Any], Mapping[str, Any]]) -> Callable[[Any], dict[str, Any]]:
@@ -248,6 +242,8 @@ class Serializer:
             raise self._explain(state, root, exc) from None
 
     def _pack(self, obj: Any) -> bytes:
+        if _holds_bytearray(obj):
+            obj = _tag_bytearrays(obj)
         return cast(bytes, msgpack.packb(obj, default=self._default, strict_types=True,
                                          use_bin_type=True))
 
@@ -395,4 +391,34 @@ class Serializer:
 
             return pickle.loads(data)
         raise SerializationError(f"unknown extension tag {code} in stored data")
+
+
+def _holds_bytearray(obj: Any) -> bool:
+    """Does a bytearray hide among these dicts and lists? msgpack packs bytearray as plain
+    binary even with ``strict_types`` (it would load back as bytes), so it must be tagged
+    before packing. Tuples, sets and registered objects are packed by their own ``_pack``
+    call, which checks them in turn."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is bytearray:
+            return True
+    return False
+
+
+def _tag_bytearrays(obj: Any) -> Any:
+    """A copy of the dicts and lists of ``obj`` with every bytearray as our extension."""
+    kind = type(obj)
+    if kind is dict:
+        return {key: _tag_bytearrays(value) for key, value in obj.items()}
+    if kind is list:
+        return [_tag_bytearrays(item) for item in obj]
+    if kind is bytearray:
+        return msgpack.ExtType(_BYTEARRAY, bytes(obj))
+    return obj
 
