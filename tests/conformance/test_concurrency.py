@@ -22,14 +22,26 @@ def thread_of(shared: bool, writer: int) -> str:
     return "shared" if shared else f"writer-{writer}"
 
 
-def check(api, shared: bool, results: list[list[Checkpoint]]) -> None:
-    written = [c for run in results for c in run]
+def check(saver, run, shared: bool, results: list[list[Checkpoint]]) -> None:
+    """Verify through the sync methods, or through the a-methods when ``run`` (the loop's
+    run_until_complete) is given."""
+    if run is None:
+        list_all = lambda thread: list(saver.list(thread))  # noqa: E731
+        get = saver.get
+    else:
+        async def collect(thread: str) -> list[Checkpoint]:
+            return [c async for c in saver.alist(thread)]
+
+        list_all = lambda thread: run(collect(thread))  # noqa: E731
+        get = lambda thread, id=None: run(saver.aget(thread, id))  # noqa: E731
+
+    written = [c for puts in results for c in puts]
     assert len(written) == WRITERS * PUTS
     assert len({c.id for c in written}) == len(written), "duplicate ids"
-    for run in results:  # each writer's own puts come back in order
-        assert [c.id for c in run] == sorted(c.id for c in run)
+    for puts in results:  # each writer's own puts come back in order
+        assert [c.id for c in puts] == sorted(c.id for c in puts)
     threads = {thread_of(shared, w) for w in range(WRITERS)}
-    listed = [c for thread in sorted(threads) for c in api.list(thread)]
+    listed = [c for thread in sorted(threads) for c in list_all(thread)]
     assert len(listed) == len(written), "lost or duplicated checkpoints"
     assert {c.id for c in listed} == {c.id for c in written}
     by_id = {c.id: c for c in written}
@@ -39,12 +51,12 @@ def check(api, shared: bool, results: list[list[Checkpoint]]) -> None:
         assert dict(got.state) == state_of(got.state["writer"], got.state["i"])
         assert dict(got.state) == dict(put.state)
         assert got.step == put.step and got.parent_id == put.parent_id
-    api.saver._cache.clear()
+    saver._cache.clear()
     for put in written[:: 37]:
-        assert dict(api.get(put.thread_id, put.id).state) == dict(put.state)
+        assert dict(get(put.thread_id, put.id).state) == dict(put.state)
     for thread in threads:
         # steps are consistent with parents: the tree is intact
-        items = {c.id: c for c in api.list(thread)}
+        items = {c.id: c for c in list_all(thread)}
         for item in items.values():
             if item.parent_id is None:
                 assert item.step == 0
@@ -52,14 +64,13 @@ def check(api, shared: bool, results: list[list[Checkpoint]]) -> None:
                 assert item.step == items[item.parent_id].step + 1
     if not shared:
         for w in range(WRITERS):
-            latest = api.get(thread_of(False, w))
+            latest = get(thread_of(False, w))
             assert latest.state["i"] == PUTS - 1
             assert latest.step == PUTS - 1
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-thread", "shared-thread"])
-def test_threads(api, sync_ok, shared):
-    saver = api.saver
+def test_threads(saver, sync_ok, shared):
 
     def writer(w: int) -> list[Checkpoint]:
         return [saver.put(Checkpoint(thread_of(shared, w), state_of(w, i)))
@@ -67,12 +78,11 @@ def test_threads(api, sync_ok, shared):
 
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
         results = list(pool.map(writer, range(WRITERS)))
-    check(api, shared, results)
+    check(saver, None, shared, results)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-thread", "shared-thread"])
-def test_tasks(api, loop, shared):
-    saver = api.saver
+def test_tasks(saver, loop, shared):
 
     async def writer(w: int) -> list[Checkpoint]:
         out = []
@@ -86,7 +96,7 @@ def test_tasks(api, loop, shared):
         return list(await asyncio.gather(*(writer(w) for w in range(WRITERS))))
 
     results = loop.run_until_complete(main())
-    check(api, shared, results)
+    check(saver, loop.run_until_complete, shared, results)
 
 
 def test_tasks_mixed_reads_and_writes(api, loop):
