@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import datetime as dt
 import inspect
 import threading
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from . import codec
-from .checkpoint import Checkpoint, Release, new_checkpoint_id
+from .checkpoint import Checkpoint, PendingWrite, Release, new_checkpoint_id
 from .errors import ConflictError, CorruptCheckpointError, SavegameError, SerializationError
 from .serde import Serializer
 
-__all__ = ["BaseSaver", "Call", "StoredCheckpoint"]
+__all__ = ["BaseSaver", "Call", "StoredCheckpoint", "StoredWrite"]
 
 R = TypeVar("R")
 _MAX_INT64 = (1 << 63) - 1
@@ -37,8 +38,9 @@ _MAX_INT64 = (1 << 63) - 1
 class StoredCheckpoint:
     """A checkpoint as a backend stores it: the envelope fields plus the encoded record.
 
-    ``keyframe_id`` is the root of the record's decode chain and ``base_id`` the record it
-    is a delta against (``None`` for a keyframe); ``depth`` counts the records a read
+    ``keyframe_id`` labels the record's chain group (the keyframe that started it: every
+    record a read of this one needs carries the same label), ``base_id`` is the record it
+    is a delta against (``None`` for a keyframe), ``depth`` bounds the records a read
     decodes. Backends store and return these values untouched.
     """
 
@@ -63,6 +65,21 @@ class StoredCheckpoint:
             next_node_id=self.next_node_id, metadata=_copy_json(self.metadata),
             created_at=self.created_at,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWrite:
+    """A pending write as a backend stores it; ``record`` is a keyframe record of the
+    serialized value (versioned and checksummed like every state)."""
+
+    thread_id: str
+    namespace: str
+    checkpoint_id: str
+    task_id: str
+    index: int
+    channel: str
+    task_path: str
+    record: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +146,12 @@ class _RawCache:
             while self._size > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._size -= len(evicted.raw)
+
+    def discard(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= len(old.raw)
 
     def drop_thread(self, thread_id: str) -> None:
         with self._lock:
@@ -209,6 +232,44 @@ class BaseSaver:
         """A released run of the thread, or None when there is no such version."""
         return self._run(self._get_version_flow(thread_id, version))
 
+    def put_writes(
+        self,
+        thread_id: str,
+        checkpoint_id: str,
+        writes: Sequence[PendingWrite],
+        *,
+        namespace: str = "",
+        replace: bool = False,
+    ) -> None:
+        """Attach pending writes to a checkpoint. A write whose ``(task_id, index)`` is
+        already stored is kept as it was, unless ``replace`` is true."""
+        self._run(self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
+
+    def get_writes(
+        self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
+    ) -> dict[str, builtins.list[PendingWrite]]:
+        """Pending writes of several checkpoints (one query), each list ordered by
+        ``(task_path, task_id, index)``; checkpoints without writes map to ``[]``."""
+        return self._run(self._get_writes_flow(thread_id, checkpoint_ids, namespace))
+
+    def list_threads(self, *, prefix: str = "") -> builtins.list[str]:
+        """Ids of the threads holding checkpoints, sorted; only those starting with
+        ``prefix`` when given (an index range, not a scan, on MongoDB)."""
+        return self._run(self._list_threads_flow(prefix))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint (all namespaces, ids kept) and pending write of a thread to
+        another thread id; records are copied as stored, without re-encoding."""
+        self._run(self._copy_thread_flow(source_thread_id, target_thread_id))
+
+    def delete_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
+    ) -> None:
+        """Delete some checkpoints of a thread and their pending writes. Checkpoints that
+        survive but were delta-encoded through a deleted one are re-encoded first, so no
+        read ever meets a cut chain, even if this is interrupted halfway."""
+        self._run(self._delete_checkpoints_flow(thread_id, checkpoint_ids, namespace))
+
     # -- public API, async -----------------------------------------------------------
     async def aput(self, checkpoint: Checkpoint) -> Checkpoint:
         return await self._arun(self._put_flow(checkpoint))
@@ -242,6 +303,35 @@ class BaseSaver:
 
     async def aget_version(self, thread_id: str, version: int) -> Release | None:
         return await self._arun(self._get_version_flow(thread_id, version))
+
+    async def aput_writes(
+        self,
+        thread_id: str,
+        checkpoint_id: str,
+        writes: Sequence[PendingWrite],
+        *,
+        namespace: str = "",
+        replace: bool = False,
+    ) -> None:
+        await self._arun(
+            self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace)
+        )
+
+    async def aget_writes(
+        self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
+    ) -> dict[str, builtins.list[PendingWrite]]:
+        return await self._arun(self._get_writes_flow(thread_id, checkpoint_ids, namespace))
+
+    async def alist_threads(self, *, prefix: str = "") -> builtins.list[str]:
+        return await self._arun(self._list_threads_flow(prefix))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._arun(self._copy_thread_flow(source_thread_id, target_thread_id))
+
+    async def adelete_checkpoints(
+        self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
+    ) -> None:
+        await self._arun(self._delete_checkpoints_flow(thread_id, checkpoint_ids, namespace))
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
@@ -481,6 +571,150 @@ class BaseSaver:
             raw = memo.get(item.id) or self._decode(item, lookup, memo)
             yield _Emit(item.to_checkpoint(self._loads(raw, item)))
 
+    def _put_writes_flow(
+        self,
+        thread_id: str,
+        checkpoint_id: str,
+        writes: Sequence[PendingWrite],
+        namespace: str,
+        replace: bool,
+    ) -> Flow[None]:
+        _check_ids(thread_id, namespace)
+        _check_optional_id("checkpoint_id", checkpoint_id)
+        if checkpoint_id is None:
+            raise ValueError("put_writes needs a checkpoint_id")
+        stored: builtins.list[StoredWrite] = []
+        for position, write in enumerate(writes):
+            if not isinstance(write, PendingWrite):
+                raise TypeError(f"writes[{position}] is {type(write).__qualname__}, "
+                                "not a PendingWrite")
+            _check_optional_id("task_id", write.task_id)
+            if not isinstance(write.index, int) or isinstance(write.index, bool):
+                raise TypeError(f"writes[{position}].index must be an int")
+            if not isinstance(write.channel, str) or not isinstance(write.task_path, str):
+                raise TypeError(f"writes[{position}].channel and .task_path must be str")
+            raw = self.serializer.dumps({"value": write.value}, root=f"writes[{position}]")
+            record = codec.encode(raw, policy=self.policy).data  # before any IO
+            stored.append(StoredWrite(thread_id, namespace, checkpoint_id, write.task_id,
+                                      write.index, write.channel, write.task_path, record))
+        if stored:
+            yield Call("_insert_writes", (stored, replace))
+
+    def _get_writes_flow(
+        self, thread_id: str, checkpoint_ids: Sequence[str], namespace: str
+    ) -> Flow[dict[str, builtins.list[PendingWrite]]]:
+        _check_ids(thread_id, namespace)
+        if isinstance(checkpoint_ids, str):
+            raise TypeError("checkpoint_ids must be a sequence of ids, not one str")
+        ids = builtins.list(dict.fromkeys(checkpoint_ids))
+        for checkpoint_id in ids:
+            _check_optional_id("checkpoint_id", checkpoint_id)
+        out: dict[str, builtins.list[PendingWrite]] = {i: [] for i in ids}
+        if not ids:
+            return out
+        stored: builtins.list[StoredWrite] = yield Call(
+            "_read_writes", (thread_id, namespace, ids)
+        )
+        for item in sorted(stored, key=lambda w: (w.task_path, w.task_id, w.index)):
+            if item.checkpoint_id in out:
+                out[item.checkpoint_id].append(self._load_write(item))
+        return out
+
+    def _load_write(self, item: StoredWrite) -> PendingWrite:
+        where = dict(thread_id=item.thread_id, namespace=item.namespace,
+                     checkpoint_id=item.checkpoint_id)
+        try:
+            (raw,) = codec.decode_path([item.record])
+        except codec.RecordError as exc:
+            raise CorruptCheckpointError(
+                f"cannot decode pending write ({item.task_id!r}, {item.index}): {exc}", **where
+            ) from None
+        try:
+            value = self.serializer.loads(raw)["value"]
+        except SavegameError:
+            raise
+        except Exception as exc:
+            raise CorruptCheckpointError(
+                f"pending write ({item.task_id!r}, {item.index}) does not deserialize: {exc}",
+                **where,
+            ) from None
+        return PendingWrite(item.task_id, item.index, item.channel, value, item.task_path)
+
+    def _list_threads_flow(self, prefix: str) -> Flow[builtins.list[str]]:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__qualname__}")
+        threads = yield Call("_list_threads", (prefix,))
+        return sorted(threads)
+
+    def _copy_thread_flow(self, source: str, target: str) -> Flow[None]:
+        _check_ids(source, "")
+        _check_ids(target, "")
+        if source == target:
+            raise ValueError("copy_thread needs two different thread ids")
+        checkpoints, writes = yield Call("_read_thread", (source,))
+        yield Call("_copy_in", (
+            [_with_thread(item, target) for item in checkpoints],
+            [_with_thread(item, target) for item in writes],
+        ))
+
+    def _delete_checkpoints_flow(
+        self, thread_id: str, checkpoint_ids: Sequence[str], namespace: str
+    ) -> Flow[None]:
+        _check_ids(thread_id, namespace)
+        if isinstance(checkpoint_ids, str):
+            raise TypeError("checkpoint_ids must be a sequence of ids, not one str")
+        doomed = set(checkpoint_ids)
+        if not doomed:
+            return
+        items: builtins.list[StoredCheckpoint] = yield Call(
+            "_list", (thread_id, namespace, None, None, None)
+        )
+        lookup = {item.id: item for item in items}
+        for item in sorted(items, key=lambda i: i.id):  # parents before children
+            if item.id in doomed or not self._path_hits(item, lookup, doomed):
+                continue
+            # Survivor decoded through a doomed record: re-encode it against its nearest
+            # surviving (already rewritten) ancestor on the parent chain, or as a keyframe.
+            raw = self._decode(item, lookup, {})
+            base = self._surviving_base(item, lookup, doomed)
+            encoded = codec.encode(raw, base[1].base if base else None, None, self.policy)
+            delta = encoded.base == codec.DELTA and base is not None
+            # The chain-group label (keyframe_id) stays: children not yet rewritten are
+            # still fetched with this record if the deletion stops halfway.
+            rewritten = dataclasses.replace(
+                item, record=encoded.data, base_id=base[0].id if delta and base else None,
+                depth=encoded.header.depth,
+            )
+            yield Call("_replace", (rewritten,))
+            lookup[item.id] = rewritten
+            self._cache.put((thread_id, namespace, item.id), _Known(raw, encoded.header, item.id))
+        yield Call("_delete_checkpoints", (thread_id, namespace, sorted(doomed)))
+        for checkpoint_id in doomed:
+            self._cache.discard((thread_id, namespace, checkpoint_id))
+
+    def _path_hits(
+        self, item: StoredCheckpoint, lookup: Mapping[str, StoredCheckpoint], doomed: set[str]
+    ) -> bool:
+        current = item
+        while current.base_id is not None:
+            if current.base_id in doomed:
+                return True
+            parent = lookup.get(current.base_id)
+            if parent is None:
+                return False
+            current = parent
+        return False
+
+    def _surviving_base(
+        self, item: StoredCheckpoint, lookup: Mapping[str, StoredCheckpoint], doomed: set[str]
+    ) -> tuple[StoredCheckpoint, _Known] | None:
+        """The parent of ``item`` when it survives and its state is cached, else None."""
+        parent = lookup.get(item.parent_id) if item.parent_id else None
+        if parent is None or parent.id in doomed:
+            return None
+        known = self._known(parent)
+        return (parent, known) if known is not None else None
+
     def _delete_flow(self, thread_id: str) -> Flow[None]:
         _check_ids(thread_id, "")
         yield Call("_delete_thread", (thread_id,))
@@ -566,7 +800,7 @@ class BaseSaver:
             path.append(parent)
             current = parent
         path.reverse()
-        if base is not None and path[0].depth != base.header.depth + 1:
+        if base is not None and path[0].depth <= base.header.depth:
             raise _corrupt(target, "record chain depth is inconsistent")
         try:
             raws = codec.decode_path([p.record for p in path], base.base if base else None)
@@ -629,6 +863,13 @@ class BaseSaver:
 
 
 _S = TypeVar("_S", bound=BaseSaver)
+
+
+_Item = TypeVar("_Item", StoredCheckpoint, StoredWrite)
+
+
+def _with_thread(item: _Item, thread_id: str) -> _Item:
+    return dataclasses.replace(item, thread_id=thread_id)
 
 
 def _corrupt(stored: StoredCheckpoint, message: str) -> CorruptCheckpointError:

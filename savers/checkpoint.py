@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Checkpoint", "Release", "new_checkpoint_id"]
+__all__ = ["Checkpoint", "PendingWrite", "Release", "new_checkpoint_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,22 @@ class Release:
     thread_id: str
     version: int | None
     checkpoints: tuple[Checkpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A value a task wrote to a channel while running from a checkpoint, kept beside that
+    checkpoint until the next one (LangGraph's pending writes; any runtime may use them).
+
+    ``(task_id, index)`` identifies a write within its checkpoint; ``task_path`` orders
+    writes of nested tasks. ``value`` is any serializable value.
+    """
+
+    task_id: str
+    index: int
+    channel: str
+    value: Any
+    task_path: str = ""
 
 
 class _IdClock:

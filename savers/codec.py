@@ -290,7 +290,7 @@ def decode_path(records: Sequence[bytes], base: Base | None = None) -> list[byte
         else:
             if header.is_keyframe or header.base_hash != previous.raw_hash:
                 raise RecordError("delta record does not match its base record", position)
-            if header.depth != previous.depth + 1:
+            if header.depth <= previous.depth:  # a rewritten base may sit shallower
                 raise RecordError("record chain depth is inconsistent", position)
         prior = out[-1] if out else (base.raw if base is not None else None)
         out.append(_decompress(data, header, None if header.is_keyframe else prior, position))

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BaseSaver, StoredCheckpoint
+from .base import BaseSaver, StoredCheckpoint, StoredWrite
 
 __all__ = ["MemorySaver", "VersionedMemorySaver"]
 
@@ -21,6 +21,8 @@ class _Space:
     ids: list[str] = field(default_factory=list)
     items: dict[str, StoredCheckpoint] = field(default_factory=dict)
     chains: dict[str, list[str]] = field(default_factory=dict)
+    # checkpoint id -> (task_id, index) -> write
+    writes: dict[str, dict[tuple[str, int], StoredWrite]] = field(default_factory=dict)
 
 
 class MemorySaver(BaseSaver):
@@ -42,10 +44,10 @@ class MemorySaver(BaseSaver):
         """Bytes of encoded records held (the stored payload, without Python overhead)."""
         with self._lock:
             return sum(
-                len(item.record)
+                sum(len(item.record) for item in space.items.values())
+                + sum(len(w.record) for ws in space.writes.values() for w in ws.values())
                 for spaces in self._threads.values()
                 for space in spaces.values()
-                for item in space.items.values()
             )
 
     # -- primitives ------------------------------------------------------------------
@@ -108,6 +110,73 @@ class MemorySaver(BaseSaver):
                 if limit is not None and len(out) >= limit:
                     break
             return out
+
+    def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
+        with self._lock:
+            for write in writes:
+                spaces = self._threads.setdefault(write.thread_id, {})
+                space = spaces.setdefault(write.namespace, _Space())
+                slot = space.writes.setdefault(write.checkpoint_id, {})
+                key = (write.task_id, write.index)
+                if replace or key not in slot:
+                    slot[key] = write
+
+    def _read_writes(
+        self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+    ) -> list[StoredWrite]:
+        with self._lock:
+            space = self._space(thread_id, namespace)
+            if space is None:
+                return []
+            return [w for i in checkpoint_ids for w in space.writes.get(i, {}).values()]
+
+    def _list_threads(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [t for t, spaces in self._threads.items()
+                    if t.startswith(prefix) and any(s.ids for s in spaces.values())]
+
+    def _read_thread(self, thread_id: str) -> tuple[list[StoredCheckpoint], list[StoredWrite]]:
+        with self._lock:
+            spaces = self._threads.get(thread_id, {}).values()
+            return (
+                [item for space in spaces for item in space.items.values()],
+                [w for space in spaces for ws in space.writes.values() for w in ws.values()],
+            )
+
+    def _copy_in(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite]
+    ) -> None:
+        with self._lock:
+            for item in checkpoints:
+                self._insert(item)
+            self._insert_writes(writes, False)
+
+    def _replace(self, stored: StoredCheckpoint) -> None:
+        with self._lock:
+            space = self._space(stored.thread_id, stored.namespace)
+            if space is None or stored.id not in space.items:
+                raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+            old = space.items[stored.id]
+            space.items[stored.id] = stored
+            if old.keyframe_id != stored.keyframe_id:
+                space.chains[old.keyframe_id].remove(stored.id)
+                space.chains.setdefault(stored.keyframe_id, []).append(stored.id)
+
+    def _delete_checkpoints(self, thread_id: str, namespace: str, ids: Sequence[str]) -> None:
+        with self._lock:
+            space = self._space(thread_id, namespace)
+            if space is None:
+                return
+            for checkpoint_id in ids:
+                item = space.items.pop(checkpoint_id, None)
+                space.writes.pop(checkpoint_id, None)
+                if item is None:
+                    continue
+                space.ids.remove(checkpoint_id)
+                members = space.chains[item.keyframe_id]
+                members.remove(checkpoint_id)
+                if not members:
+                    del space.chains[item.keyframe_id]
 
     def _take_thread(self, thread_id: str) -> list[StoredCheckpoint]:
         spaces = self._threads.pop(thread_id, {})

@@ -265,10 +265,11 @@ def test_linkage_and_depth_mismatch_fail() -> None:
     with pytest.raises(RecordError):
         decode_path([key.data, key.data])  # a keyframe where a delta should be
     with pytest.raises(RecordError, match="depth"):
-        decode_path([delta.data], Base(raw0, dataclasses.replace(key.header, depth=3)))
-    # Depth forged in the record itself (crc fixed): still refused.
+        decode_path([delta.data], Base(raw0, dataclasses.replace(key.header, depth=2)))
+    # Depth forged in the record itself (crc fixed) to go backwards: still refused. (A depth
+    # that only grows is a conservative hint: a rewritten base may sit shallower.)
     forged = bytearray(delta.data)
-    forged[4:6] = struct.pack(">H", 5)
+    forged[4:6] = struct.pack(">H", 1)
     with pytest.raises(RecordError, match="depth"):
         decode_path([key.data, fix_crc(forged)])
     # A chain skipping a record.
