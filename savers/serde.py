@@ -196,7 +196,11 @@ def _tz_fields(tz: dt.tzinfo | None, value: object) -> Any:
         return None
     if isinstance(tz, dt.timezone):
         offset = tz.utcoffset(None)
-        return [offset.days * 86400 + offset.seconds, offset.microseconds]
+        fields: list[Any] = [offset.days * 86400 + offset.seconds, offset.microseconds]
+        name = tz.tzname(None)
+        if name != dt.timezone(offset).tzname(None):  # a named offset, e.g. "CEST"
+            fields.append(name)
+        return fields
     key = getattr(tz, "key", None)  # zoneinfo.ZoneInfo
     if isinstance(key, str) and type(tz).__module__ == "zoneinfo":
         return key
@@ -210,8 +214,8 @@ def _tz_from(fields: Any) -> dt.tzinfo | None:
         import zoneinfo
 
         return zoneinfo.ZoneInfo(fields)
-    seconds, micros = fields
-    return dt.timezone(dt.timedelta(seconds=seconds, microseconds=micros))
+    seconds, micros, *name = fields
+    return dt.timezone(dt.timedelta(seconds=seconds, microseconds=micros), *name)
 
 
 class Serializer:
