@@ -452,7 +452,8 @@ class BaseSaver:
                 (thread_id, namespace, known.anchor_id))
         encoded = codec.encode(raw, known.base if known else None,
                                anchor.base if anchor else None, self.policy, digest)
-        new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id()
+        new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id(
+            parent.id if parent is not None else None)
         base_id: str | None = None
         if encoded.base == codec.DELTA and parent is not None:
             base_id = parent.id

@@ -70,8 +70,13 @@ class _IdClock:
         self._last_ms = 0
         self._seq = 0
 
-    def next(self) -> str:
+    def next(self, after: str | None = None) -> str:
+        floor_ms, floor_seq = _uuid7_clock(after) if after else (0, -1)
         with self._lock:
+            # Never behind the latest id seen: another process's clock may run ahead of
+            # ours, and a child must sort after its parent to be the thread's latest.
+            if (floor_ms, floor_seq) > (self._last_ms, self._seq):
+                self._last_ms, self._seq = floor_ms, floor_seq
             ms = time.time_ns() // 1_000_000
             if ms <= self._last_ms:
                 self._seq += 1
@@ -88,9 +93,21 @@ class _IdClock:
         return str(uuid.UUID(int=value))
 
 
+def _uuid7_clock(text: str) -> tuple[int, int]:
+    """(milliseconds, counter) of a UUIDv7 id made here; (0, -1) for any other id."""
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return 0, -1
+    if value.version != 7:
+        return 0, -1
+    return value.int >> 80, (value.int >> 64) & 0xFFF
+
+
 _clock = _IdClock()
 
 
-def new_checkpoint_id() -> str:
-    """A fresh time-ordered checkpoint id (UUIDv7 text; later ids sort after earlier ones)."""
-    return _clock.next()
+def new_checkpoint_id(after: str | None = None) -> str:
+    """A fresh time-ordered checkpoint id (UUIDv7 text; later ids sort after earlier ones),
+    greater than ``after`` when that is a UUIDv7 id."""
+    return _clock.next(after)
