@@ -6,7 +6,7 @@ and every filter here, so the two read and write exactly the same layout.
 Collections (names get the saver's ``prefix``):
 
 ``checkpoints``
-    one document per live checkpoint (layout below); ``_id`` is a 16-byte hash of
+    one document per live checkpoint (layout below); ``_id`` is a 128-bit hash of
     (thread_id, namespace, checkpoint id), so a retried insert of the same checkpoint is a
     DuplicateKeyError and never a second copy. ``_id`` is the only unique index: on a
     collection sharded on ``{thread_id: "hashed"}`` every document of a thread lives on one
@@ -22,7 +22,9 @@ Collections (names get the saver's ``prefix``):
 
 Checkpoint document::
 
-    _id        BinData(16)   hash of thread_id, ns, cid (and version in the archive)
+    _id        str           128-bit hash (hex) of thread_id, ns, cid (+ version in the
+                             archive); hex text, not BinData, so every server and
+                             emulator matches it
     thread_id  str           every query filters on it (the shard key)
     ns         str           namespace
     cid        str           checkpoint id (time-ordered text: sorting by it is "newest")
@@ -103,26 +105,26 @@ class Collections:
                    prefix + "releases")
 
 
-def _hash(*parts: str | int) -> bytes:
+def _hash(*parts: str | int) -> str:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
         data = str(part).encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
-    return h.digest()
+    return h.hexdigest()
 
 
-def record_id(thread_id: str, namespace: str, checkpoint_id: str) -> bytes:
+def record_id(thread_id: str, namespace: str, checkpoint_id: str) -> str:
     """``_id`` of a live checkpoint document."""
     return _hash("c", thread_id, namespace, checkpoint_id)
 
 
-def archive_id(thread_id: str, namespace: str, checkpoint_id: str, version: int) -> bytes:
+def archive_id(thread_id: str, namespace: str, checkpoint_id: str, version: int) -> str:
     """``_id`` of an archived checkpoint document."""
     return _hash("a", thread_id, namespace, checkpoint_id, version)
 
 
-def release_id(thread_id: str, version: int) -> bytes:
+def release_id(thread_id: str, version: int) -> str:
     """``_id`` of a release marker: allocating a version is inserting it."""
     return _hash("r", thread_id, version)
 

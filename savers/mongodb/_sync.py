@@ -330,7 +330,8 @@ class MongoSaver(BaseSaver):
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
         query = sh.space(stored.thread_id, stored.namespace)
         query["kf"] = stored.keyframe_id
-        self._checkpoints.update_many(query, {"$max": {"exp": expire_at}})
+        query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
+        self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})
 
     def _delete_thread(self, thread_id: str) -> None:
         self._ensure_setup()

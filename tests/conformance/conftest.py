@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import mongo_harness
 import pytest
 
 from savegame.savers import MemorySaver, VersionedMemorySaver
@@ -34,6 +35,14 @@ BACKENDS: list[str] = ["memory", "versioned"]
 ASYNC_ONLY: set[str] = set()
 #: Backends whose ``release`` archives the run as version 1, 2, 3...
 VERSIONED: set[str] = {"versioned"}
+
+# MongoDB savers (fixtures at the end of this file): mongomock, mongomock-motor, the real
+# driver on nx-27017, and a real server when SAVEGAME_MONGODB_URI is set.
+_MONGO = ["mongo_mongomock", "async_mongo_mongomock_motor", "mongo_nx", "async_mongo_nx",
+          "mongo_real", "async_mongo_real"]
+BACKENDS += _MONGO
+ASYNC_ONLY |= {name for name in _MONGO if name.startswith("async_")}
+VERSIONED |= set(_MONGO)
 
 
 # -- backends ------------------------------------------------------------------------
@@ -223,3 +232,81 @@ def tamper(request: pytest.FixtureRequest, backend_name: str, saver: BaseSaver) 
         return request.getfixturevalue("tamper_" + backend_name)
     except pytest.FixtureLookupError:
         pytest.skip(f"no tamper_{backend_name} fixture: cannot alter its stored records")
+
+
+# -- MongoDB: mongomock, mongomock-motor, nx-27017 (real driver) and a real server -------
+# The savers come from tests/mongo_harness.py, shared with tests/mongodb/.
+# Their names are in BACKENDS / ASYNC_ONLY / VERSIONED above.
+
+
+@pytest.fixture
+def backend_mongo_mongomock() -> Iterator[Any]:
+    pytest.importorskip("mongomock")
+    saver = mongo_harness.mongomock_saver()
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def backend_async_mongo_mongomock_motor(loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    pytest.importorskip("mongomock_motor")
+    saver = mongo_harness.mongomock_motor_saver()
+    yield saver
+    loop.run_until_complete(saver.aclose())
+
+
+@pytest.fixture
+def backend_mongo_nx(nx_uri: str) -> Iterator[Any]:
+    yield from mongo_harness.server_sync_saver(nx_uri)
+
+
+@pytest.fixture
+def backend_async_mongo_nx(nx_uri: str, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    yield from mongo_harness.server_async_saver(nx_uri, loop)
+
+
+@pytest.fixture
+def backend_mongo_real(real_mongodb_uri: str) -> Iterator[Any]:
+    yield from mongo_harness.server_sync_saver(real_mongodb_uri)
+
+
+@pytest.fixture
+def backend_async_mongo_real(
+    real_mongodb_uri: str, loop: asyncio.AbstractEventLoop
+) -> Iterator[Any]:
+    yield from mongo_harness.server_async_saver(real_mongodb_uri, loop)
+
+
+@pytest.fixture
+def tamper_mongo_mongomock(backend_mongo_mongomock: Any) -> mongo_harness.Tamper:
+    return mongo_harness.Tamper(backend_mongo_mongomock._checkpoints)
+
+
+@pytest.fixture
+def tamper_async_mongo_mongomock_motor(
+    backend_async_mongo_mongomock_motor: Any, loop: asyncio.AbstractEventLoop
+) -> mongo_harness.Tamper:
+    return mongo_harness.Tamper(backend_async_mongo_mongomock_motor._checkpoints,
+                                loop.run_until_complete)
+
+
+@pytest.fixture
+def tamper_mongo_nx(nx_uri: str, backend_mongo_nx: Any) -> mongo_harness.Tamper:
+    return mongo_harness.server_tamper(nx_uri, backend_mongo_nx)
+
+
+@pytest.fixture
+def tamper_async_mongo_nx(nx_uri: str, backend_async_mongo_nx: Any) -> mongo_harness.Tamper:
+    return mongo_harness.server_tamper(nx_uri, backend_async_mongo_nx)
+
+
+@pytest.fixture
+def tamper_mongo_real(real_mongodb_uri: str, backend_mongo_real: Any) -> mongo_harness.Tamper:
+    return mongo_harness.server_tamper(real_mongodb_uri, backend_mongo_real)
+
+
+@pytest.fixture
+def tamper_async_mongo_real(
+    real_mongodb_uri: str, backend_async_mongo_real: Any
+) -> mongo_harness.Tamper:
+    return mongo_harness.server_tamper(real_mongodb_uri, backend_async_mongo_real)

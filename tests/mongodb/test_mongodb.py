@@ -1,0 +1,402 @@
+"""MongoDB-specific behaviour: layout, command counts, big states, retention, bad input.
+
+Runs against nx-27017 (the real PyMongo driver over the wire protocol) unless noted; the
+conformance suite (tests/conformance) covers the shared contract on every tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import bson
+import mongo_harness
+import pymongo
+import pytest
+import zstandard
+from pymongo import monitoring
+
+from savegame.savers import (
+    AsyncMongoSaver,
+    Checkpoint,
+    CorruptCheckpointError,
+    KeyframePolicy,
+    MongoSaver,
+)
+from savegame.savers.mongodb import UnsupportedLayoutError, _shared, _unasync
+from savegame.savers.serde import Serializer
+
+HANDSHAKE = {"hello", "ismaster", "isMaster", "ping", "endSessions", "buildInfo"}
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in HANDSHAKE:
+            self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def take(self) -> list[str]:
+        out, self.names = self.names, []
+        return out
+
+
+@pytest.fixture
+def counted(nx_uri: str) -> Iterator[tuple[MongoSaver, Commands]]:
+    listener = Commands()
+    client: Any = pymongo.MongoClient(nx_uri, event_listeners=[listener])
+    saver = MongoSaver(client, database=mongo_harness.DATABASE,
+                       prefix=mongo_harness.fresh_prefix())
+    saver.setup()
+    listener.take()
+    yield saver, listener
+    mongo_harness.drop(saver)
+    client.close()
+
+
+@pytest.fixture
+def nx_saver(nx_uri: str) -> Iterator[MongoSaver]:
+    yield from mongo_harness.server_sync_saver(nx_uri)
+
+
+# -- packaging -------------------------------------------------------------------------
+def test_sync_twin_is_generated_and_current() -> None:
+    assert _unasync.main(["--check"]) == 0, "run: python -m savegame.savers.mongodb._unasync"
+    text = _unasync.TARGET.read_text()
+    assert text.startswith("# GENERATED") and "do not edit" in text.splitlines()[0]
+    assert "async def" not in text and "await " not in text
+
+
+def test_import_is_lazy_and_missing_pymongo_is_explained() -> None:
+    code = (
+        "import sys\n"
+        "import savegame.savers as s\n"
+        "assert 'pymongo' not in sys.modules, 'import savegame.savers imported pymongo'\n"
+        "sys.modules['pymongo'] = None\n"
+        "try:\n"
+        "    s.MongoSaver\n"
+        "except s.MissingDependencyError as exc:\n"
+        "    assert isinstance(exc, ImportError) and 'savegame[mongodb]' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('no MissingDependencyError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_io_in_init() -> None:
+    client = pymongo.MongoClient("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1",
+                                 connect=False)
+    saver = MongoSaver(client, ttl=60, keep_last=3)
+    assert saver._ready is False
+    client.close()
+
+
+# -- layout ----------------------------------------------------------------------------
+def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
+    first = nx_saver.put(Checkpoint("t", {"n": 1}, node_id="a", next_node_id="b",
+                                    metadata={"user": "ada", "tags": {"x": 1}}))
+    nx_saver.put(Checkpoint("t", {"n": 2}))
+    raw = mongo_harness.sync_client(nx_uri)[mongo_harness.DATABASE]
+    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": first.id})
+    assert doc is not None
+    assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
+    assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
+    assert doc["kf"] == first.id and "base" not in doc and doc["step"] == 0
+    assert isinstance(doc["ts"], dt.datetime)
+    assert doc["_id"] == _shared.record_id("t", "", first.id)
+    keys = {tuple(index["key"]) for index in raw[nx_saver.names.checkpoints].list_indexes()}
+    assert {("thread_id", "ns", "cid"), ("thread_id", "ns", "kf")} <= keys
+
+
+def test_every_query_names_thread_id(nx_uri: str) -> None:
+    """Every command a saver's operations send filters on thread_id (the shard key)."""
+    seen: list[dict[str, Any]] = []
+
+    class Filters(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            cmd = event.command
+            for key in ("filter", "q"):
+                if key in cmd:
+                    seen.append(cmd[key])
+            for statement in cmd.get("deletes", []) + cmd.get("updates", []):
+                seen.append(statement["q"])
+
+        def succeeded(self, event: Any) -> None:
+            pass
+
+        def failed(self, event: Any) -> None:
+            pass
+
+    client: Any = pymongo.MongoClient(nx_uri, event_listeners=[Filters()])
+    saver = MongoSaver(client, database=mongo_harness.DATABASE,
+                       prefix=mongo_harness.fresh_prefix(), ttl=3600, keep_last=2,
+                       policy=KeyframePolicy(max_chain=2))
+    saver.setup()
+    seen.clear()
+    try:
+        for i in range(6):
+            saver.put(Checkpoint("t", {"n": i}, metadata={"i": i}))
+        saver._cache.clear()
+        saver.get("t")
+        list(saver.list("t", metadata={"i": 5}, limit=1))
+        saver.release("t")
+        saver.versions("t")
+        saver.get_version("t", 1)
+        saver.delete_thread("t")
+        assert seen and all("thread_id" in query for query in seen), seen
+    finally:
+        mongo_harness.drop(saver)
+        client.close()
+
+
+def test_sync_and_async_share_the_layout(nx_uri: str) -> None:
+    prefix = mongo_harness.fresh_prefix()
+    sync = MongoSaver(mongo_harness.sync_client(nx_uri), database=mongo_harness.DATABASE,
+                      prefix=prefix)
+    first = sync.put(Checkpoint("t", {"by": "sync"}, metadata={"k": 1}))
+
+    async def main() -> None:
+        async with AsyncMongoSaver.from_uri(nx_uri, database=mongo_harness.DATABASE,
+                                            prefix=prefix) as saver:
+            got = await saver.aget("t")
+            assert got is not None and got.state == {"by": "sync"} and got.id == first.id
+            await saver.aput(Checkpoint("t", {"by": "async"}))
+        assert saver.client is not None  # closed by the context manager
+
+    asyncio.run(main())
+    sync._cache.clear()
+    latest = sync.get("t")
+    assert latest is not None and latest.state == {"by": "async"}
+    assert latest.parent_id == first.id
+    mongo_harness.drop(sync)
+
+
+def test_from_uri_owns_and_closes_its_client(nx_uri: str) -> None:
+    with MongoSaver.from_uri(nx_uri, prefix=mongo_harness.fresh_prefix()) as saver:
+        saver.put(Checkpoint("t", {"n": 1}))
+        assert saver.get("t") is not None
+        mongo_harness.drop(saver)
+    with pytest.raises(pymongo.errors.InvalidOperation):
+        saver.client.admin.command("ping")
+
+
+# -- command counts ----------------------------------------------------------------------
+def test_command_counts(counted: tuple[MongoSaver, Commands]) -> None:
+    saver, commands = counted
+    first = saver.put(Checkpoint("t", {"n": 0}))
+    assert commands.take() == ["find", "insert"]  # latest (none yet), then the insert
+    puts = [first]
+    for i in range(1, 40):
+        puts.append(saver.put(Checkpoint("t", {"n": i, "log": list(range(i))})))
+    commands.take()
+    saver.put(Checkpoint("t", {"n": 40}, parent_id=puts[-1].id))
+    assert commands.take() == ["find", "insert"]  # read the parent, insert
+
+    assert saver.get("t") is not None  # warm: the saver holds the decoded parent
+    assert commands.take() == ["find"]
+    saver._cache.clear()
+    assert saver.get("t") is not None  # cold: the head, then (a delta) its chain
+    assert commands.take() in (["find"], ["find", "find"])
+    saver._cache.clear()
+    assert saver.get("t", puts[-2].id) is not None
+    assert commands.take() == ["find", "find"]  # a delta: the head, its chain in one query
+
+    listed = list(saver.list("t"))
+    assert len(listed) == 41
+    names = commands.take()
+    assert names[0] == "find" and set(names[1:]) <= {"getMore", "find"}
+    assert names.count("find") <= 2  # the listing + at most one chain query
+
+    listed = list(saver.list("t", limit=5, metadata={}))
+    assert len(listed) == 5 and commands.take().count("find") == 1
+
+
+def test_bad_thread_id_never_reaches_the_server(counted: tuple[MongoSaver, Commands]) -> None:
+    saver, commands = counted
+    for bad in ({"$ne": ""}, {"$gt": ""}, ["t"], 1, None):
+        with pytest.raises(TypeError):
+            saver.get(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            list(saver.list(bad))  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            saver.put(Checkpoint(bad, {}))  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            saver.delete_thread(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            saver.get("t", namespace=bad)  # type: ignore[arg-type]
+    assert commands.take() == []
+
+
+# -- big states ----------------------------------------------------------------------
+def test_fifty_megabyte_state_round_trips(nx_saver: MongoSaver, nx_uri: str) -> None:
+    blob = os.urandom(50 << 20)  # incompressible: the record is ~50 MB too
+    start = time.perf_counter()
+    put = nx_saver.put(Checkpoint("big", {"blob": blob, "n": 1}))
+    nx_saver._cache.clear()
+    got = nx_saver.get("big")
+    elapsed = time.perf_counter() - start
+    assert got is not None and got.id == put.id and got.state["blob"] == blob
+    raw = mongo_harness.sync_client(nx_uri)[mongo_harness.DATABASE]
+    head = raw[nx_saver.names.checkpoints].find_one({"thread_id": "big"}, {"rec": 0})
+    assert head is not None and "rec" not in head and head["chunks"]["n"] == 4
+    chunks = raw[nx_saver.names.chunks].count_documents({"thread_id": "big"})
+    assert chunks == 4
+    print(f"\n50 MB state: put + cold get through nx-27017 in {elapsed:.1f} s")
+
+
+def _chunked(**options: Any) -> MongoSaver:
+    return mongo_harness.mongomock_saver(chunk_bytes=1000, prefix="c_", **options)
+
+
+def test_chunks_are_written_before_the_head() -> None:
+    saver = _chunked()
+    order: list[str] = []
+    for name in ("_chunks", "_checkpoints"):
+        collection = getattr(saver, name)
+
+        class Spy:
+            def __init__(self, inner: Any, label: str) -> None:
+                self.inner, self.label = inner, label
+
+            def __getattr__(self, attr: str) -> Any:
+                if attr.startswith("insert"):
+                    order.append(self.label)
+                return getattr(self.inner, attr)
+
+        setattr(saver, name, Spy(collection, name))
+    saver.put(Checkpoint("t", {"blob": os.urandom(5000)}))
+    assert order == ["_chunks", "_checkpoints"]
+
+
+def test_missing_chunk_is_corruption_not_partial_state() -> None:
+    saver = _chunked()
+    put = saver.put(Checkpoint("t", {"blob": os.urandom(5000)}))
+    saver._chunks.delete_one({"thread_id": "t", "i": 2})
+    saver._cache.clear()
+    with pytest.raises(CorruptCheckpointError, match="chunks"):
+        saver.get("t", put.id)
+
+
+def test_orphan_chunks_are_collected() -> None:
+    saver = _chunked()
+    kept = saver.put(Checkpoint("t", {"blob": os.urandom(5000)}))
+
+    def fail(doc: Any) -> None:
+        raise pymongo.errors.OperationFailure("head insert failed")
+
+    head = saver._checkpoints
+    saver._checkpoints = type("Failing", (), {
+        "insert_one": staticmethod(fail),
+        "__getattr__": lambda self, name: getattr(head, name),
+    })()
+    with pytest.raises(pymongo.errors.OperationFailure):
+        saver.put(Checkpoint("t", {"blob": os.urandom(5000)}))
+    saver._checkpoints = head
+    kept_chunks = saver._chunks.count_documents({"token": {"$ne": None}}) // 2
+    assert saver._chunks.count_documents({}) == 2 * kept_chunks
+    assert saver.collect_orphans(older_than=3600) == 0  # too young: maybe a put in flight
+    time.sleep(0.01)
+    assert saver.collect_orphans(older_than=0.001) == kept_chunks
+    saver._cache.clear()
+    got = saver.get("t", kept.id)
+    assert got is not None and got.state == kept.state
+
+
+# -- idempotence -----------------------------------------------------------------------
+def test_insert_returns_the_existing_checkpoint_on_duplicate(nx_saver: MongoSaver) -> None:
+    put = nx_saver.put(Checkpoint("t", {"n": 1}))
+    stored = nx_saver._read("t", "", put.id)
+    assert stored is not None
+    assert nx_saver._insert(stored) == stored
+
+
+# -- retention ---------------------------------------------------------------------------
+def test_keep_last_deletes_whole_chains_only() -> None:
+    saver = mongo_harness.mongomock_saver(keep_last=3, policy=KeyframePolicy(max_chain=4))
+    puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(i))})) for i in range(30)]
+    remaining = list(saver.list("t"))
+    ids = [c.id for c in remaining]
+    assert ids[:3] == [p.id for p in reversed(puts[-3:])]
+    assert len(remaining) < 30
+    saver._cache.clear()
+    for c in remaining:  # every kept checkpoint still decodes: its chain is whole
+        got = saver.get("t", c.id)
+        assert got is not None and got.state == puts[c.step].state
+    assert saver.prune("t") == 0
+
+
+def test_ttl_keeps_keyframes_alive_as_long_as_their_deltas(nx_saver: MongoSaver) -> None:
+    saver = MongoSaver(nx_saver.client, database=mongo_harness.DATABASE,
+                       prefix=nx_saver.names.checkpoints.replace("checkpoints", ""), ttl=3600)
+    puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(i))})) for i in range(12)]
+    docs = {d["cid"]: d for d in saver._checkpoints.find({"thread_id": "t"})}
+    assert len(docs) == 12 and all("exp" in d for d in docs.values())
+    for doc in docs.values():  # every record a doc needs expires no earlier than it
+        base = doc.get("base")
+        while base is not None:
+            assert docs[base]["exp"] >= doc["exp"]
+            base = docs[base].get("base")
+    ttl = [i for i in saver._checkpoints.list_indexes() if tuple(i["key"]) == ("exp",)]
+    assert ttl and ttl[0].get("expireAfterSeconds") == 0
+    assert puts[-1].id in docs
+
+
+def test_ttl_expiry_on_mongomock() -> None:
+    saver = mongo_harness.mongomock_saver(ttl=0.05)
+    saver.put(Checkpoint("t", {"n": 1}))
+    time.sleep(0.1)
+    saver._cache.clear()
+    assert saver.get("t") is None  # mongomock expires lazily, on access
+
+
+# -- formats -----------------------------------------------------------------------------
+def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
+    put = nx_saver.put(Checkpoint("t", {"n": 1}))
+    doc = nx_saver._checkpoints.find_one({"thread_id": "t"})
+    record = bytearray(doc["rec"])
+    record[2] = 99  # format version byte
+    nx_saver._checkpoints.delete_one({"_id": doc["_id"]})
+    nx_saver._checkpoints.insert_one({**doc, "rec": bytes(record)})
+    nx_saver._cache.clear()
+    with pytest.raises(CorruptCheckpointError, match="format version 99.*upgrade savegame"):
+        nx_saver.get("t", put.id)
+
+
+def test_newer_layout_is_refused_clearly() -> None:
+    saver = mongo_harness.mongomock_saver()
+    saver.put(Checkpoint("t", {"n": 1}))
+    saver._checkpoints.update_many({}, {"$set": {"fmt": 2}})
+    saver._cache.clear()
+    with pytest.raises(UnsupportedLayoutError, match="layout 2.*upgrade savegame"):
+        saver.get("t")
+
+
+# -- storage figures -------------------------------------------------------------------
+def test_chat_storage_within_six_times_the_floor() -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    try:
+        from chat import chat_states
+    finally:
+        sys.path.pop(0)
+    states = chat_states(200)
+    saver = mongo_harness.mongomock_saver()
+    for state in states:
+        saver.put(Checkpoint("chat", state, node_id="agent"))
+    stored = sum(len(bson.encode(doc)) for doc in saver._checkpoints.find({}))
+    floor = len(zstandard.ZstdCompressor(level=3).compress(Serializer().dumps(states[-1])))
+    print(f"\n200-turn chat: {stored} BSON bytes stored, floor {floor}: "
+          f"{stored / floor:.2f}x")
+    assert stored <= 6 * floor
