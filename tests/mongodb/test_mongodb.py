@@ -371,7 +371,7 @@ def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
     nx_saver._checkpoints.delete_one({"_id": doc["_id"]})
     nx_saver._checkpoints.insert_one({**doc, "rec": bytes(record)})
     nx_saver._cache.clear()
-    with pytest.raises(CorruptCheckpointError, match="format version 99.*upgrade savegame"):
+    with pytest.raises(CorruptCheckpointError, match=r"format version 99.*upgrade savegame"):
         nx_saver.get("t", put.id)
 
 
@@ -380,7 +380,7 @@ def test_newer_layout_is_refused_clearly() -> None:
     saver.put(Checkpoint("t", {"n": 1}))
     saver._checkpoints.update_many({}, {"$set": {"fmt": 2}})
     saver._cache.clear()
-    with pytest.raises(UnsupportedLayoutError, match="layout 2.*upgrade savegame"):
+    with pytest.raises(UnsupportedLayoutError, match=r"layout 2.*upgrade savegame"):
         saver.get("t")
 
 
