@@ -234,7 +234,7 @@ class AsyncMongoSaver(BaseSaver):
     ) -> list[StoredCheckpoint]:
         await self._ensure_setup()
         docs = [doc async for doc in self._checkpoints.find(
-            sh.chains_filter(thread_id, namespace, keyframe_ids))]
+            sh.chains_filter(thread_id, namespace, keyframe_ids), batch_size=1000)]
         return await self._complete(docs)
 
     async def _list(

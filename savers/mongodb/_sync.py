@@ -235,7 +235,7 @@ class MongoSaver(BaseSaver):
     ) -> list[StoredCheckpoint]:
         self._ensure_setup()
         docs = [doc for doc in self._checkpoints.find(
-            sh.chains_filter(thread_id, namespace, keyframe_ids))]
+            sh.chains_filter(thread_id, namespace, keyframe_ids), batch_size=1000)]
         return self._complete(docs)
 
     def _list(

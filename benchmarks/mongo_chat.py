@@ -1,0 +1,135 @@
+"""Chat workload on MongoSaver: stored BSON bytes, documents and commands per operation.
+
+Runs the 200-turn chat of ``chat.py`` on MongoSaver over mongomock and over nx-27017 (the
+real PyMongo driver against a wire-protocol server started on a free loopback port) and
+reports stored BSON bytes (sum of ``bson.encode`` of every document, indexes excluded)
+against the information floor (zstd level 3 of the final serialized state), documents per
+checkpoint, and the commands one ``put`` / ``get`` of the latest / ``list`` sends.
+
+Run: ``python benchmarks/mongo_chat.py [--turns 200] [--no-nx]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bson
+import mongomock
+import pymongo
+import zstandard
+from chat import chat_states
+from pymongo import monitoring
+
+from savegame.savers import Checkpoint, MongoSaver
+from savegame.savers.serde import Serializer
+
+HANDSHAKE = {"hello", "ismaster", "isMaster", "ping", "endSessions"}
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in HANDSHAKE:
+            self.names.append(event.command_name)
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+    def take(self) -> list[str]:
+        out, self.names = self.names, []
+        return out
+
+
+def measure(saver: MongoSaver, commands: Commands | None, turns: int) -> dict[str, Any]:
+    states = chat_states(turns)
+    floor = len(zstandard.ZstdCompressor(level=3).compress(Serializer().dumps(states[-1])))
+    saver.setup()
+    per_put: list[int] = []
+    start = time.perf_counter()
+    latest = None
+    for state in states:
+        if commands:
+            commands.take()
+        latest = saver.put(Checkpoint("chat", state, node_id="agent"))
+        if commands:
+            per_put.append(len(commands.take()))
+    put_seconds = time.perf_counter() - start
+    assert latest is not None
+    docs = list(saver._checkpoints.find({"thread_id": "chat"}))
+    stored = sum(len(bson.encode(doc)) for doc in docs)
+    result: dict[str, Any] = {
+        "checkpoints": turns, "documents": len(docs), "stored_bson_bytes": stored,
+        "floor_bytes": floor, "stored_vs_floor": round(stored / floor, 2),
+        "put_ms": round(put_seconds / turns * 1e3, 2),
+    }
+    if commands:
+        commands.take()
+        saver.get("chat")
+        warm = commands.take()
+        saver._cache.clear()
+        saver.get("chat")
+        cold = commands.take()
+        listed = list(saver.list("chat"))
+        assert len(listed) == turns
+        result.update({
+            "commands_per_put": sorted(set(per_put)),
+            "commands_get_latest_warm": warm, "commands_get_latest_cold": cold,
+            "commands_list_all": {name: (lst := commands.take()).count(name)
+                                  for name in ("find", "getMore")},
+        })
+        del lst
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--turns", type=int, default=200)
+    parser.add_argument("--no-nx", action="store_true")
+    args = parser.parse_args()
+    print("mongomock:", measure(MongoSaver(mongomock.MongoClient()), None, args.turns))
+    if args.no_nx:
+        return
+    exe = Path(sys.executable).with_name("nx-27017")
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(exe), "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
+             "--pid-file", f"{tmp}/nx.pid", "--log-file", f"{tmp}/nx.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            commands = Commands()
+            client: Any = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true",
+                                              event_listeners=[commands])
+            for _ in range(100):
+                try:
+                    client.admin.command("ping")
+                    break
+                except pymongo.errors.PyMongoError:
+                    time.sleep(0.1)
+            print("nx-27017: ", measure(MongoSaver(client), commands, args.turns))
+            client.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
