@@ -135,6 +135,10 @@ class MemorySaver(BaseSaver):
             return [t for t, spaces in self._threads.items()
                     if t.startswith(prefix) and any(s.ids for s in spaces.values())]
 
+    def _list_namespaces(self, thread_id: str) -> list[str]:
+        with self._lock:
+            return [ns for ns, space in self._threads.get(thread_id, {}).items() if space.ids]
+
     def _read_thread(self, thread_id: str) -> tuple[list[StoredCheckpoint], list[StoredWrite]]:
         with self._lock:
             spaces = self._threads.get(thread_id, {}).values()
@@ -239,6 +243,8 @@ class VersionedMemorySaver(MemorySaver):
     def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
         with self._lock:
             items = self._take_thread(thread_id)
+            if not items:
+                return None, []  # nothing ran since the last release: no empty version
             runs = self._released.setdefault(thread_id, {})
             version = max(runs, default=0) + 1
             runs[version] = items

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 import cattrs
 import msgpack
@@ -175,19 +175,46 @@ def _no_fields(_: Any) -> Any:
 default_registry = TypeRegistry()
 
 
+@overload
 def register_type(
     cls: type[T],
     *,
     name: str | None = None,
     unstructure: Callable[[T], Mapping[str, Any]] | None = None,
     structure: Callable[[dict[str, Any]], T] | None = None,
-) -> type[T]:
+) -> type[T]: ...
+
+
+@overload
+def register_type(
+    cls: None = None,
+    *,
+    name: str | None = None,
+    unstructure: Callable[[Any], Mapping[str, Any]] | None = None,
+    structure: Callable[[dict[str, Any]], Any] | None = None,
+) -> Callable[[type[T]], type[T]]: ...
+
+
+def register_type(
+    cls: type[T] | None = None,
+    *,
+    name: str | None = None,
+    unstructure: Callable[[Any], Mapping[str, Any]] | None = None,
+    structure: Callable[[dict[str, Any]], Any] | None = None,
+) -> type[T] | Callable[[type[T]], type[T]]:
     """Allow ``cls`` in stored state, under ``name`` (default ``module.QualName``).
 
     Works for Enums, dataclasses, attrs classes and pydantic models; any other class needs
     ``unstructure`` (object -> dict of field values) and ``structure`` (dict -> object).
-    Usable as a class decorator. The name is what is stored: keep it stable.
+    A class decorator too, bare (``@register_type``) or with options
+    (``@register_type(name="chat.Message")``). The name is what is stored: keep it stable.
     """
+    if cls is None:
+        def decorate(target: type[T]) -> type[T]:
+            return default_registry.register(
+                target, name=name, unstructure=unstructure, structure=structure)
+
+        return decorate
     return default_registry.register(cls, name=name, unstructure=unstructure, structure=structure)
 
 

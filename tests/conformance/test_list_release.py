@@ -205,3 +205,6 @@ def test_release_of_an_empty_thread(api):
     assert release.thread_id == "nobody"
     assert release.checkpoints == ()
     assert api.get("nobody") is None
+    # Nothing ran since the last release: no empty version is archived.
+    assert release.version is None, "releasing an empty thread must not create a version"
+    assert api.versions("nobody") == []

@@ -613,3 +613,13 @@ def test_set_bytes_independent_of_insertion_order(value: set[Any]) -> None:
     for item in reversed(list(value)):
         rebuilt.add(item)
     assert SER.dumps({"v": value}) == SER.dumps({"v": rebuilt})
+
+
+def test_register_type_decorator_with_options() -> None:
+    @register_type(name="tests.unit.DecoratedWithName")
+    @dataclasses.dataclass
+    class Decorated:
+        a: int
+
+    assert serde.default_registry.entry_named("tests.unit.DecoratedWithName") is not None
+    assert Serializer().loads(Serializer().dumps({"d": Decorated(1)})) == {"d": Decorated(1)}
