@@ -257,6 +257,10 @@ class BaseSaver:
         ``prefix`` when given (an index range, not a scan, on MongoDB)."""
         return self._run(self._list_threads_flow(prefix))
 
+    def list_namespaces(self, thread_id: str) -> builtins.list[str]:
+        """Namespaces of a thread that hold checkpoints, sorted (``""`` is the root)."""
+        return self._run(self._list_namespaces_flow(thread_id))
+
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint (all namespaces, ids kept) and pending write of a thread to
         another thread id; records are copied as stored, without re-encoding."""
@@ -324,6 +328,9 @@ class BaseSaver:
 
     async def alist_threads(self, *, prefix: str = "") -> builtins.list[str]:
         return await self._arun(self._list_threads_flow(prefix))
+
+    async def alist_namespaces(self, thread_id: str) -> builtins.list[str]:
+        return await self._arun(self._list_namespaces_flow(thread_id))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await self._arun(self._copy_thread_flow(source_thread_id, target_thread_id))
@@ -646,6 +653,15 @@ class BaseSaver:
             raise TypeError(f"prefix must be a str, got {type(prefix).__qualname__}")
         threads = yield Call("_list_threads", (prefix,))
         return sorted(threads)
+
+    def _list_namespaces_flow(self, thread_id: str) -> Flow[builtins.list[str]]:
+        _check_ids(thread_id, "")
+        if hasattr(self, "_list_namespaces"):
+            namespaces = yield Call("_list_namespaces", (thread_id,))
+        else:  # a backend without the primitive: derive it from the whole thread
+            checkpoints, _ = yield Call("_read_thread", (thread_id,))
+            namespaces = {item.namespace for item in checkpoints}
+        return sorted(set(namespaces))
 
     def _copy_thread_flow(self, source: str, target: str) -> Flow[None]:
         _check_ids(source, "")
