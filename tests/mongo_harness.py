@@ -70,9 +70,10 @@ _patched = False
 
 
 def patch_mongomock() -> None:
-    """mongomock 4.3 copies every matching document before applying a cursor's limit, so
-    ``find_one(sort=...)`` on a thread of n checkpoints copies n documents: the concurrency
-    tests then take minutes. Copy only the documents the limit keeps."""
+    """mongomock 4.3 gaps: it copies every matching document before applying a cursor's
+    limit, so ``find_one(sort=...)`` on a thread of n checkpoints copies n documents (the
+    concurrency tests then take minutes): copy only the documents the limit keeps. And its
+    bulk builder refuses the ``sort`` keyword pymongo >= 4.11 always passes."""
     global _patched
     if _patched:
         return
@@ -99,6 +100,19 @@ def patch_mongomock() -> None:
 
     Cursor._compute_results = compute_results
     Collection.find_one = find_one
+
+    # pymongo >= 4.11 passes sort= to the bulk builder (mongomock #912, fix PR #933 open)
+    from mongomock.collection import BulkOperationBuilder
+
+    for name in ("add_update", "add_replace"):
+        method = getattr(BulkOperationBuilder, name)
+
+        def without_sort(self: Any, *args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            if kwargs.get("sort") is None:
+                kwargs.pop("sort", None)
+            return _method(self, *args, **kwargs)
+
+        setattr(BulkOperationBuilder, name, without_sort)
     _patched = True
 
 
@@ -125,8 +139,7 @@ def mongomock_motor_saver(**options: Any) -> Any:
 
 def drop(saver: Any, run: Callable[[Any], Any] = lambda value: value) -> None:
     db = saver._checkpoints.database
-    for name in (saver.names.checkpoints, saver.names.chunks, saver.names.archive,
-                 saver.names.releases):
+    for name in saver.names.all():
         run(db.drop_collection(name))
 
 

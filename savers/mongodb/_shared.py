@@ -18,7 +18,10 @@ Collections (names get the saver's ``prefix``):
     released runs: copies of the checkpoint documents with a ``version`` (1, 2, ...) and
     ``_id`` hashed over (thread_id, namespace, checkpoint id, version).
 ``releases``
-    one marker document per released version, so an empty run is a version too.
+    one marker document per released version.
+``writes``
+    pending writes (``put_writes``): ``{_id: hash(thread, ns, cid, task, idx), thread_id,
+    ns, cid, task, idx, channel, path, rec}``, indexed on (thread_id, ns, cid).
 
 Checkpoint document::
 
@@ -53,7 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import StoredCheckpoint
+from ..base import StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
 
 __all__ = [
@@ -97,12 +100,17 @@ class Collections:
     archive: str
     releases: str
 
+    writes: str
+
     @classmethod
     def with_prefix(cls, prefix: str) -> Collections:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__qualname__}")
         return cls(prefix + "checkpoints", prefix + "chunks", prefix + "archive",
-                   prefix + "releases")
+                   prefix + "releases", prefix + "writes")
+
+    def all(self) -> tuple[str, ...]:
+        return (self.checkpoints, self.chunks, self.archive, self.releases, self.writes)
 
 
 def _hash(*parts: str | int) -> str:
@@ -287,6 +295,38 @@ def check_space(thread_id: object, namespace: object) -> None:
         raise TypeError(f"namespace must be a str, got {type(namespace).__qualname__}")
 
 
+def write_doc(write: StoredWrite) -> dict[str, Any]:
+    """The document of one pending write (its record is a small keyframe)."""
+    return {
+        "_id": _hash("w", write.thread_id, write.namespace, write.checkpoint_id,
+                     write.task_id, write.index),
+        "thread_id": write.thread_id, "ns": write.namespace, "cid": write.checkpoint_id,
+        "task": write.task_id, "idx": write.index, "channel": write.channel,
+        "path": write.task_path, "rec": write.record,
+    }
+
+
+def from_write_doc(doc: Mapping[str, Any]) -> StoredWrite:
+    check_layout(doc)
+    return StoredWrite(
+        thread_id=doc["thread_id"], namespace=doc["ns"], checkpoint_id=doc["cid"],
+        task_id=doc["task"], index=int(doc["idx"]), channel=doc["channel"],
+        task_path=doc["path"], record=bytes(doc["rec"]),
+    )
+
+
+def prefix_range(prefix: str) -> dict[str, Any]:
+    """A ``thread_id`` condition selecting ids that start with ``prefix``: an index range
+    (BSON compares strings by UTF-8 bytes, which is code point order)."""
+    if not prefix:
+        return {"$type": "string"}
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF:
+        return {"$gte": prefix}
+    following = last + 1 if not 0xD800 <= last + 1 <= 0xDFFF else 0xE000
+    return {"$gte": prefix, "$lt": prefix[:-1] + chr(following)}
+
+
 # -- queries ---------------------------------------------------------------------------
 def one(thread_id: str, namespace: str, checkpoint_id: str) -> dict[str, Any]:
     return {"_id": record_id(thread_id, namespace, checkpoint_id), "thread_id": thread_id}
@@ -365,6 +405,7 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("archive", [("thread_id", 1), ("version", 1), ("ns", 1), ("cid", -1)],
      {"name": "thread_version_ns_cid"}),
     ("releases", [("thread_id", 1), ("version", 1)], {"name": "thread_version"}),
+    ("writes", [("thread_id", 1), ("ns", 1), ("cid", 1)], {"name": "thread_ns_cid"}),
 )
 TTL_INDEX: tuple[str, list[tuple[str, int]], dict[str, Any]] = (
     "checkpoints", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0},

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -24,7 +24,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from ..base import BaseSaver, StoredCheckpoint
+from ..base import BaseSaver, StoredCheckpoint, StoredWrite
 from . import _shared as sh
 
 __all__ = ["MongoSaver"]
@@ -55,8 +55,8 @@ class MongoSaver(BaseSaver):
     ``client`` is a ``pymongo.MongoClient``; the saver does no IO
     until first used, then creates its indexes once (``setup`` does it explicitly).
 
-    - ``database``, ``prefix``: where the four collections live (``<prefix>checkpoints``,
-      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``);
+    - ``database``, ``prefix``: where the collections live (``<prefix>checkpoints``,
+      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``, ``<prefix>writes``);
     - ``write_concern``: a ``pymongo.WriteConcern`` for every write (default: the client's);
     - ``ttl`` (seconds or timedelta): a delta chain is deleted by a TTL index once its newest
       checkpoint is older than ``ttl``; a keyframe never expires before a delta that needs it;
@@ -109,6 +109,7 @@ class MongoSaver(BaseSaver):
         self._chunks = db.get_collection(self.names.chunks, **extra)
         self._archive_coll = db.get_collection(self.names.archive, **extra)
         self._releases = db.get_collection(self.names.releases, **extra)
+        self._writes = db.get_collection(self.names.writes, **extra)
         self._ready = False
         self._bumped: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._bump_lock = threading.Lock()
@@ -194,7 +195,8 @@ class MongoSaver(BaseSaver):
 
     def _collection(self, name: str) -> Any:
         return {"checkpoints": self._checkpoints, "chunks": self._chunks,
-                "archive": self._archive_coll, "releases": self._releases}[name]
+                "archive": self._archive_coll, "releases": self._releases,
+                "writes": self._writes}[name]
 
     def _ensure_setup(self) -> None:
         if not self._ready:
@@ -335,13 +337,107 @@ class MongoSaver(BaseSaver):
 
     def _delete_thread(self, thread_id: str) -> None:
         self._ensure_setup()
-        for collection in (self._checkpoints, self._archive_coll, self._releases,
-                           self._chunks):
+        for collection in (self._checkpoints, self._writes, self._archive_coll,
+                           self._releases, self._chunks):
             collection.delete_many({"thread_id": thread_id})
+
+    def _insert_docs(self, collection: Any, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Insert documents, keeping those that already exist (idempotent, unordered)."""
+        if docs:
+            try:
+                collection.insert_many(list(docs), ordered=False)
+            except BulkWriteError as exc:
+                if not sh.only_duplicates(exc.details):
+                    raise
+
+    def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
+        self._ensure_setup()
+        docs = [sh.write_doc(write) for write in writes]
+        if replace:  # one bulk command of upserts; the filter names thread_id
+            self._writes.bulk_write([
+                UpdateOne({"_id": doc["_id"], "thread_id": doc["thread_id"]},
+                          {"$set": {k: v for k, v in doc.items() if k != "_id"}},
+                          upsert=True)
+                for doc in docs
+            ], ordered=False)
+        else:  # a write already stored for (task, index) is kept
+            self._insert_docs(self._writes, docs)
+
+    def _read_writes(
+        self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+    ) -> list[StoredWrite]:
+        self._ensure_setup()
+        query = sh.space(thread_id, namespace)
+        query["cid"] = {"$in": list(checkpoint_ids)}
+        return [sh.from_write_doc(doc) for doc in self._writes.find(query)]
+
+    def _list_threads(self, prefix: str) -> list[str]:
+        self._ensure_setup()
+        threads = self._checkpoints.distinct(
+            "thread_id", {"thread_id": sh.prefix_range(prefix)})
+        return [thread for thread in threads if thread.startswith(prefix)]
+
+    def _list_namespaces(self, thread_id: str) -> list[str]:
+        self._ensure_setup()
+        return list(self._checkpoints.distinct("ns", {"thread_id": thread_id}))
+
+    def _read_thread(
+        self, thread_id: str
+    ) -> tuple[list[StoredCheckpoint], list[StoredWrite]]:
+        self._ensure_setup()
+        docs = [doc for doc in self._checkpoints.find({"thread_id": thread_id},
+                                                            batch_size=1000)]
+        writes = [sh.from_write_doc(doc)
+                  for doc in self._writes.find({"thread_id": thread_id})]
+        return self._complete(docs), writes
+
+    def _copy_in(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite]
+    ) -> None:
+        self._ensure_setup()
+        heads = []
+        for stored in checkpoints:
+            doc, chunks = sh.to_doc(stored, chunk_bytes=self.chunk_bytes)
+            if chunks:
+                self._insert_chunks(chunks)
+            heads.append(doc)
+        self._insert_docs(self._checkpoints, heads)
+        self._insert_docs(self._writes, [sh.write_doc(write) for write in writes])
+
+    def _replace(self, stored: StoredCheckpoint) -> None:
+        """Rewrite a checkpoint's record (``delete_checkpoints`` re-encodes survivors)."""
+        self._ensure_setup()
+        doc, chunks = sh.to_doc(stored, chunk_bytes=self.chunk_bytes)
+        if chunks:
+            self._insert_chunks(chunks)
+        fields = {key: doc[key] for key in ("kf", "depth", "rec", "chunks", "base")
+                  if key in doc}
+        unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
+        update: dict[str, Any] = {"$set": fields}
+        if unset:
+            update["$unset"] = unset
+        result = self._checkpoints.update_one(
+            sh.one(stored.thread_id, stored.namespace, stored.id), update)
+        if result.matched_count != 1:
+            raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+
+    def _delete_checkpoints(
+        self, thread_id: str, namespace: str, ids: Sequence[str]
+    ) -> None:
+        self._ensure_setup()
+        query = sh.space(thread_id, namespace)
+        query["cid"] = {"$in": list(ids)}
+        self._checkpoints.delete_many(query)
+        self._writes.delete_many(query)
+        # chunks of deleted records become orphans: collect_orphans removes them
 
     def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
         self._ensure_setup()
-        docs = [doc for doc in self._checkpoints.find({"thread_id": thread_id})]
+        docs = [doc for doc in self._checkpoints.find({"thread_id": thread_id},
+                                                            batch_size=1000)]
+        self._writes.delete_many({"thread_id": thread_id})
+        if not docs:
+            return None, []  # nothing ran since the last release: no empty version
         items = self._complete(docs)
         version = self._allocate_version(thread_id, len(docs))
         if docs:

@@ -221,7 +221,8 @@ def test_command_counts(counted: tuple[MongoSaver, Commands]) -> None:
     assert names.count("find") <= 2  # the listing + at most one chain query
 
     listed = list(saver.list("t", limit=5, metadata={}))
-    assert len(listed) == 5 and commands.take().count("find") == 1
+    assert len(listed) == 5  # the page, and the chain when it starts before the page
+    assert commands.take() in (["find"], ["find", "find"])
 
 
 def test_bad_thread_id_never_reaches_the_server(counted: tuple[MongoSaver, Commands]) -> None:
