@@ -25,6 +25,7 @@ from pymongo import monitoring
 from savegame.savers import (
     AsyncMongoSaver,
     Checkpoint,
+    ConflictError,
     CorruptCheckpointError,
     KeyframePolicy,
     MongoSaver,
@@ -401,3 +402,38 @@ def test_chat_storage_within_six_times_the_floor() -> None:
     print(f"\n200-turn chat: {stored} BSON bytes stored, floor {floor}: "
           f"{stored / floor:.2f}x")
     assert stored <= 6 * floor
+
+
+# -- two processes ---------------------------------------------------------------------
+WRITER = """
+import sys
+from savegame.savers import Checkpoint, MongoSaver
+uri, prefix, name = sys.argv[1:4]
+with MongoSaver.from_uri(uri, database="savegame_test", prefix=prefix) as saver:
+    for i in range(40):
+        saver.put(Checkpoint("shared", {"writer": name, "i": i}, metadata={"w": name}))
+    saver.put(Checkpoint("shared", {"same": True}, id="fixed-id"))
+"""
+
+
+def test_two_processes_lose_nothing_and_conflicts_are_explicit(nx_uri: str) -> None:
+    prefix = mongo_harness.fresh_prefix()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, nx_uri, prefix, name])
+             for name in ("a", "b")]
+    assert [proc.wait(120) for proc in procs] == [0, 0]
+    saver = MongoSaver(mongo_harness.sync_client(nx_uri), database=mongo_harness.DATABASE,
+                       prefix=prefix)
+    try:
+        listed = list(saver.list("shared"))
+        assert len(listed) == 81  # 40 + 40 + one "fixed-id" (the second put was a no-op)
+        for name in ("a", "b"):
+            mine = sorted(c.state["i"] for c in listed if c.metadata.get("w") == name)
+            assert mine == list(range(40))
+        by_id = {c.id: c for c in listed}
+        for c in listed:  # the tree is intact: every parent exists, steps follow
+            if c.parent_id is not None:
+                assert by_id[c.parent_id].step + 1 == c.step
+        with pytest.raises(ConflictError):
+            saver.put(Checkpoint("shared", {"same": False}, id="fixed-id"))
+    finally:
+        mongo_harness.drop(saver)
