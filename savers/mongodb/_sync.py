@@ -396,8 +396,11 @@ class MongoSaver(BaseSaver):
     ) -> None:
         self._ensure_setup()
         heads = []
+        expire_at = None
+        if self.ttl is not None:  # a copy lives ttl from now, whole chains together
+            expire_at = sh.utcnow() + dt.timedelta(seconds=self.ttl)
         for stored in checkpoints:
-            doc, chunks = sh.to_doc(stored, chunk_bytes=self.chunk_bytes)
+            doc, chunks = sh.to_doc(stored, expire_at=expire_at, chunk_bytes=self.chunk_bytes)
             if chunks:
                 self._insert_chunks(chunks)
             heads.append(doc)

@@ -30,6 +30,7 @@ from savegame.savers import (
     KeyframePolicy,
     MongoSaver,
 )
+from savegame.savers.checkpoint import PendingWrite
 from savegame.savers.mongodb import UnsupportedLayoutError, _shared, _unasync
 from savegame.savers.serde import Serializer
 
@@ -129,7 +130,7 @@ def test_every_query_names_thread_id(nx_uri: str) -> None:
     class Filters(monitoring.CommandListener):
         def started(self, event: monitoring.CommandStartedEvent) -> None:
             cmd = event.command
-            for key in ("filter", "q"):
+            for key in ("filter", "q", "query"):
                 if key in cmd:
                     seen.append(cmd[key])
             for statement in cmd.get("deletes", []) + cmd.get("updates", []):
@@ -148,11 +149,20 @@ def test_every_query_names_thread_id(nx_uri: str) -> None:
     saver.setup()
     seen.clear()
     try:
-        for i in range(6):
-            saver.put(Checkpoint("t", {"n": i}, metadata={"i": i}))
+        puts = [saver.put(Checkpoint("t", {"n": i}, metadata={"i": i})) for i in range(6)]
         saver._cache.clear()
         saver.get("t")
         list(saver.list("t", metadata={"i": 5}, limit=1))
+        write = PendingWrite("task", 0, "messages", {"v": 1})
+        saver.put_writes("t", puts[-1].id, [write])
+        saver.put_writes("t", puts[-1].id, [write], replace=True)
+        assert saver.get_writes("t", [puts[-1].id])[puts[-1].id][0].value == {"v": 1}
+        assert saver.list_threads(prefix="t") == ["t"]
+        assert saver.list_namespaces("t") == [""]
+        saver.copy_thread("t", "t2")
+        saver.delete_checkpoints("t", [puts[-2].id])
+        saver._cache.clear()
+        assert saver.get("t", puts[-1].id) is not None
         saver.release("t")
         saver.versions("t")
         saver.get_version("t", 1)
