@@ -182,6 +182,9 @@ class _Store:
         self.owned = False
         self.initialized = False
         self.lock = threading.Lock()
+        #: thread id -> (sequence id, checkpoint id) of the row saved last through this
+        #: store: the next row's parent, read by id instead of as the thread's latest.
+        self.last: dict[str, tuple[int, str]] = {}
 
     def get(self) -> BaseSaver:
         with self.lock:
@@ -296,8 +299,17 @@ class _Common:
         )
         where = (f"partition_key={partition_key!r}, app_id={app_id!r}, "
                  f"sequence_id={sequence_id}")
+        last = self._store.last.get(thread_id)
+        if last is not None and last[0] < sequence_id:
+            try:  # the usual step: the row saved last here is the parent (a read by id)
+                yield _Op("put", (dataclasses.replace(checkpoint, parent_id=last[1]),))
+                self._store.last[thread_id] = (sequence_id, checkpoint_id)
+                return
+            except ConflictError:
+                pass  # the id exists: compare it below, whatever its parent
         try:
             yield _Op("put", (checkpoint,))
+            self._store.last[thread_id] = (sequence_id, checkpoint_id)
             return
         except ConflictError as exc:
             if status != "completed":
