@@ -74,11 +74,6 @@ def api(backend: harness.Backend) -> Api:
     return Api(backend, backend.persister())
 
 
-def user_state(data: dict[str, Any]) -> dict[str, Any]:
-    """The loaded state without nothing else: Burr states compare by their dicts."""
-    return dict(data)
-
-
 # -- 1-5: load and save ------------------------------------------------------------------
 def test_interfaces(backend: harness.Backend, api: Api) -> None:
     base = AsyncBaseStatePersister if backend.is_async else BaseStatePersister
@@ -457,3 +452,18 @@ def test_missing_burr_raises_missing_dependency_error() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_two_writers_of_one_app_agree(backend: harness.Backend, api: Api) -> None:
+    """A persister remembers the row it saved last as the next row's parent; a row another
+    writer stored meanwhile (with another parent) still compares by content."""
+    other = Api(backend, backend.persister())
+    api.save("pk", "app", 0, "a", {"v": 0})
+    other.save("pk", "app", 1, "b", {"v": 1})
+    other.save("pk", "app", 2, "c", {"v": 2})
+    api.save("pk", "app", 2, "c", {"v": 2})  # identical: a no-op whatever its parent
+    with pytest.raises(ConflictError):
+        api.save("pk", "app", 2, "c", {"v": 3})
+    api.save("pk", "app", 3, "d", {"v": 3})
+    assert [api.load("pk", "app", seq)["state"]["v"] for seq in range(4)] == [0, 1, 2, 3]
+    assert other.load("pk", "app")["sequence_id"] == 3
