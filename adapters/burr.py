@@ -33,6 +33,7 @@ import asyncio
 import dataclasses
 import inspect
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, cast
 
@@ -61,6 +62,8 @@ _MAX_SEQUENCE = 10**_SEQUENCE_DIGITS - 2
 #: Suffix of the checkpoint that records a failed row's completion (see ``Persister``).
 _COMPLETED_SUFFIX = ".completed"
 _STATUSES = ("completed", "failed")
+#: Apps whose last saved row a persister remembers (the next row's parent), most recent.
+_REMEMBERED_APPS = 4096
 _ESCAPES = {"%": "%25", ":": "%3A", "\x00": "%00"}
 
 
@@ -184,7 +187,14 @@ class _Store:
         self.lock = threading.Lock()
         #: thread id -> (sequence id, checkpoint id) of the row saved last through this
         #: store: the next row's parent, read by id instead of as the thread's latest.
-        self.last: dict[str, tuple[int, str]] = {}
+        self.last: OrderedDict[str, tuple[int, str]] = OrderedDict()
+
+    def remember(self, thread_id: str, sequence_id: int, checkpoint_id: str) -> None:
+        with self.lock:
+            self.last[thread_id] = (sequence_id, checkpoint_id)
+            self.last.move_to_end(thread_id)
+            while len(self.last) > _REMEMBERED_APPS:
+                self.last.popitem(last=False)
 
     def get(self) -> BaseSaver:
         with self.lock:
@@ -303,13 +313,13 @@ class _Common:
         if last is not None and last[0] < sequence_id:
             try:  # the usual step: the row saved last here is the parent (a read by id)
                 yield _Op("put", (dataclasses.replace(checkpoint, parent_id=last[1]),))
-                self._store.last[thread_id] = (sequence_id, checkpoint_id)
+                self._store.remember(thread_id, sequence_id, checkpoint_id)
                 return
             except ConflictError:
                 pass  # the id exists: compare it below, whatever its parent
         try:
             yield _Op("put", (checkpoint,))
-            self._store.last[thread_id] = (sequence_id, checkpoint_id)
+            self._store.remember(thread_id, sequence_id, checkpoint_id)
             return
         except ConflictError as exc:
             if status != "completed":
