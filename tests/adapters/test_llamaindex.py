@@ -268,3 +268,20 @@ def test_sync_mongo_saver_io_runs_off_the_event_loop(mongo: tuple[str, str]) -> 
 
     assert run(main()) < 0.15  # every put blocked 0.2 s, in a worker thread
     assert [c.node_id for c in saver.list("slow")] == ["s3", "s2", "s1"]
+
+
+def test_loop_benchmark_stores_at_most_a_twentieth_of_the_full_snapshot_recipe(
+    tmp_path: Path,
+) -> None:
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "llamaindex_loop.py"
+    out = tmp_path / "loop.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--iterations", "200", "--no-mongo", "--check",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    recipe, ours = rows
+    assert recipe["steps"] == ours["steps"] == 200
+    assert ours["stored_bytes"] * 20 <= recipe["stored_bytes"]
