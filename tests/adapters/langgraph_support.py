@@ -1,0 +1,116 @@
+"""Storage set-ups for the LangGraph adapter tests: each hands out new ``Checkpointer``
+instances over the same stored data (a new instance = a process restart: fresh caches, and
+fresh clients on MongoDB)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import mongo_harness
+import pytest
+
+from savegame.adapters.langgraph import Checkpointer
+from savegame.savers import MemorySaver
+
+#: The core primitives the adapter needs beyond plain checkpoints.
+WRITE_PRIMITIVES = ("_insert_writes", "_read_writes", "_list_threads", "_read_thread",
+                    "_copy_in", "_replace", "_delete_checkpoints")
+
+
+def mongo_ready(saver_class: type) -> bool:
+    return all(hasattr(saver_class, name) for name in WRITE_PRIMITIVES)
+
+
+def skip_unless_mongo_ready(saver_class: type) -> None:
+    missing = [name for name in WRITE_PRIMITIVES if not hasattr(saver_class, name)]
+    if missing:
+        pytest.skip(f"{saver_class.__name__} does not implement the pending-write and thread "
+                    f"primitives yet ({', '.join(missing)}): the adapter needs them")
+
+
+class Storage:
+    """One stored data set; ``checkpointer()`` opens a new Checkpointer over it."""
+
+    name = "?"
+    is_async_only = False
+
+    def checkpointer(self) -> Checkpointer:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStorage(Storage):
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.saver = MemorySaver()
+
+    def checkpointer(self) -> Checkpointer:
+        return Checkpointer(self.saver)
+
+
+class MongomockStorage(Storage):
+    """MongoSaver over one mongomock client: every checkpointer gets a new saver."""
+
+    name = "mongomock"
+
+    def __init__(self) -> None:
+        import mongomock
+
+        from savegame.savers import MongoSaver
+
+        skip_unless_mongo_ready(MongoSaver)
+        mongo_harness.patch_mongomock()
+        self.client = mongomock.MongoClient()
+        self.prefix = mongo_harness.fresh_prefix()
+
+    def checkpointer(self) -> Checkpointer:
+        from savegame.savers import MongoSaver
+
+        return Checkpointer(MongoSaver(self.client, database=mongo_harness.DATABASE,
+                                       prefix=self.prefix))
+
+
+class NxAsyncStorage(Storage):
+    """AsyncMongoSaver through the real driver on nx-27017: every checkpointer gets a new
+    client (closed by ``close``); used from one event loop per test."""
+
+    name = "nx_async"
+    is_async_only = True
+
+    def __init__(self, uri: str, run: Callable[[Any], Any]) -> None:
+        from savegame.savers import AsyncMongoSaver
+
+        skip_unless_mongo_ready(AsyncMongoSaver)
+        self.uri = uri
+        self.run = run
+        self.prefix = mongo_harness.fresh_prefix()
+        self.clients: list[Any] = []
+
+    def checkpointer(self) -> Checkpointer:
+        import pymongo
+
+        from savegame.savers import AsyncMongoSaver
+
+        client = pymongo.AsyncMongoClient(self.uri, serverSelectionTimeoutMS=5000)
+        self.clients.append(client)
+        return Checkpointer(AsyncMongoSaver(client, database=mongo_harness.DATABASE,
+                                            prefix=self.prefix))
+
+    def close(self) -> None:
+        for client in self.clients:
+            self.run(client.close())
+
+
+def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
