@@ -7,7 +7,8 @@ without catching a prompt the workflow does not emit again.
 
 Snapshot mechanism: the public ``Context.to_dict()`` / ``Context.from_dict()`` pair, taken
 from the handler's event stream when a step stops running (``StepStateChanged`` with
-``NOT_RUNNING``) and when the run goes idle waiting for input (``WorkflowIdleEvent``). Each
+``NOT_RUNNING``), when a step asks for input (``InputRequiredEvent``) and when the run goes
+idle waiting for input (``WorkflowIdleEvent``, if anything changed since). Each
 checkpoint is a whole, independently restorable context; savegame delta-encodes it against
 the previous one, so a step costs about its new data. The 2.26 journal/state-patch API
 (``BasicRuntime.journal`` / ``state_checkpoint``) would store ticks (~2.6 kB per loop
@@ -128,6 +129,8 @@ class _Pump:
         self.waiters = 0
         self.last_step: str | None = None
         self.error: BaseException | None = None
+        #: True while nothing happened since the last checkpoint (no need for another).
+        self.fresh = False
         self.events: asyncio.Queue[Event | None] = asyncio.Queue()
         self.last_checkpoint: Checkpoint | None = None
         self.task = asyncio.ensure_future(self._run())
@@ -135,8 +138,10 @@ class _Pump:
     async def _run(self) -> None:
         try:
             async for event in self.handler.stream_events(expose_internal=True):
-                self.events.put_nowait(event)
+                # Checkpoint first, then hand the event on: a caller who sees an event
+                # (a prompt above all) knows the checkpoint it implies is written.
                 await self._observe(event)
+                self.events.put_nowait(event)
         except SavegameError as exc:
             self.error = exc
             with contextlib.suppress(Exception):
@@ -149,14 +154,16 @@ class _Pump:
     async def _observe(self, event: Event) -> None:
         if isinstance(event, InputRequiredEvent):
             self.prompt = self.owner._serializer.serialize(event)
+            await self._checkpoint(self.last_step, "input_required")
         elif isinstance(event, StepStateChanged):
+            self.fresh = False
             if event.step_state == StepState.RUNNING:
                 if event.input_event_name in self.owner._response_names:
                     self.prompt = None  # an answer reached its step
             elif event.step_state == StepState.NOT_RUNNING:
                 self.last_step = event.name
                 await self._checkpoint(event.name, "step")
-        elif isinstance(event, WorkflowIdleEvent):
+        elif isinstance(event, WorkflowIdleEvent) and not self.fresh:
             await self._checkpoint(self.last_step, "idle")
 
     def answered(self) -> None:
@@ -203,6 +210,7 @@ class _Pump:
         stored = await self.owner.saver.aput(checkpoint)
         self.parent_id = None  # later checkpoints follow the one just written
         self.last_checkpoint = stored
+        self.fresh = True
 
     def _snapshot(self) -> dict[str, Any]:
         try:
@@ -258,6 +266,8 @@ class CheckpointedHandler:
     async def _result(self) -> Any:
         try:
             result = await self.handler
+        except asyncio.CancelledError:
+            raise
         except BaseException:
             await asyncio.shield(self._pump.task)
             if self._pump.error is not None:

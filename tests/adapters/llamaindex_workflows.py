@@ -130,8 +130,8 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
             async for event in handler.stream_events():
                 if isinstance(event, Ask):
                     break
-            while (await checkpointer.pending_input(thread)) is None:
-                await asyncio.sleep(0.01)
+            # seeing the prompt means its checkpoint is written: no waiting
+            assert await checkpointer.pending_input(thread) is not None
             return {"asked": True}  # the process ends here with the run still waiting
         if command == "answer":
             checkpointer = WorkflowCheckpointer(HITL[arg](), saver)
