@@ -443,10 +443,8 @@ class BaseSaver:
         raw = self.serializer.dumps(checkpoint.state, root="state")  # before any IO
         digest = codec.raw_hash(raw)
 
-        if checkpoint.id is not None:
-            existing = yield Call("_read", (thread_id, namespace, checkpoint.id))
-            if existing is not None:
-                return self._same_or_conflict(existing, checkpoint, metadata, digest)
+        # A re-put of an existing id needs no read first: the insert returns the stored
+        # record on a duplicate id, and the comparison below makes it a no-op or a conflict.
         if checkpoint.parent_id is None:
             parent = yield Call("_read_latest", (thread_id, namespace))
         else:
@@ -482,7 +480,7 @@ class BaseSaver:
             depth=encoded.header.depth,
         )
         existing = yield Call("_insert", (stored,))
-        if existing is not None:  # lost a race for this id
+        if existing is not None:  # the id was taken: a retry, a re-put, or a race
             return self._same_or_conflict(existing, checkpoint, metadata, digest)
         anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
         self._cache.put((thread_id, namespace, new_id), _Known(raw, encoded.header, anchor_id))

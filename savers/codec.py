@@ -130,7 +130,8 @@ class KeyframePolicy:
       cut (the state changed wholesale): write the keyframe instead;
     - ``max_chain_ratio``: the delta bytes a read fetches may weigh this many fresh
       keyframes; past that a keyframe is the cheaper thing to read;
-    - ``level``: zstd level of every record.
+    - ``level``: zstd level of keyframes; ``delta_level`` of deltas (None: the cheapest
+      level that still finds the base, by base size).
     A writer that does not hold its base's serialized state writes a keyframe.
     """
 
@@ -139,6 +140,7 @@ class KeyframePolicy:
     max_delta_ratio: float = 0.5
     max_chain_ratio: float = 2.0
     level: int = 3
+    delta_level: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_chain <= 0xFFFF:
@@ -171,17 +173,21 @@ def raw_hash(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=8).digest()
 
 
-def _params(level: int, raw_len: int, base_len: int) -> zstd.ZstdCompressionParameters:
-    """Compression parameters whose match finder still reaches the whole base.
+def _params(level: int | None, raw_len: int, base_len: int) -> zstd.ZstdCompressionParameters:
+    """The cheapest compression parameters whose match finder still reaches the whole base.
 
-    Measured (research/compression_delta.md and our own runs): level 3 with a raw-content
-    dictionary finds the parent up to ~1 MiB of base; level 6 with a window covering base
-    and input holds to ~2.5 MiB; beyond that only larger hash tables keep finding it.
+    Measured on chat states (raw-content dictionary = the base): level 2 finds the base up
+    to ~0.5 MiB at half level 3's CPU (deltas ~3% larger) but misses it at 0.9 MiB; level
+    3 holds to ~1 MiB; level 6 with a window covering base and input to ~2.5 MiB; beyond
+    that only larger hash tables keep finding it. ``level`` (None: automatic) is a floor.
     """
     if base_len <= 1 << 20:
+        auto = 2 if base_len <= 1 << 18 else 3
         return zstd.ZstdCompressionParameters.from_level(
-            level, source_size=raw_len, dict_size=base_len, write_checksum=1, format=_FORMAT
+            auto if level is None else level, source_size=raw_len, dict_size=base_len,
+            write_checksum=1, format=_FORMAT,
         )
+    level = 3 if level is None else level
     window_log = min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(base_len + raw_len))))
     if base_len <= 5 << 19:
         return zstd.ZstdCompressionParameters.from_level(
@@ -195,10 +201,11 @@ def _params(level: int, raw_len: int, base_len: int) -> zstd.ZstdCompressionPara
     )
 
 
-def _compress(raw: bytes, base: bytes | None, level: int) -> bytes:
+def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
     if base is None:
         params = zstd.ZstdCompressionParameters.from_level(
-            level, source_size=len(raw), write_checksum=1, format=_FORMAT,
+            3 if level is None else level, source_size=len(raw), write_checksum=1,
+            format=_FORMAT,
             window_log=min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(len(raw) + 1)))),
         )
         return zstd.ZstdCompressor(compression_params=params).compress(raw)
@@ -239,7 +246,7 @@ def encode(
     if anchor is not None and anchor.header.is_anchor and policy.may_anchor(anchor.header):
         candidates.append((ANCHOR, anchor, 0))
     for kind, base, run in candidates:
-        frame = _compress(raw, base.raw, policy.level)
+        frame = _compress(raw, base.raw, policy.delta_level)
         if policy.keeps(base.header, len(raw), len(frame)):
             head = base.header
             return _pack(kind, head.depth + 1, run, raw, digest, head.raw_hash,
