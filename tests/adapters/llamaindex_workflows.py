@@ -29,7 +29,7 @@ from workflows.events import (
 
 #: File to which each step invocation appends its name (counts runs across processes).
 STEP_LOG = "SAVEGAME_TEST_STEP_LOG"
-#: When set, step ``s2`` kills its process halfway through its first invocation.
+#: "URI|DATABASE|THREAD": step ``s2`` kills its process halfway, once step 1 is checkpointed.
 CRASH_IN_S2 = "SAVEGAME_TEST_CRASH_IN_S2"
 
 
@@ -38,6 +38,26 @@ def _log(name: str) -> None:
     if path:
         with open(path, "a") as handle:
             handle.write(name + "\n")
+
+
+async def _until_checkpointed(step_name: str) -> None:
+    """Wait until the crash thread's latest checkpoint is ``step_name``'s."""
+    import pymongo
+
+    from savegame.savers import MongoSaver
+
+    uri, database, thread = os.environ[CRASH_IN_S2].split("|")
+    client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        saver = MongoSaver(client, database=database)
+        for _ in range(500):
+            latest = await saver.aget(thread)
+            if latest is not None and latest.node_id == step_name:
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"no checkpoint of {step_name} in time")
+    finally:
+        client.close()
 
 
 class FirstDone(Event):
@@ -63,6 +83,7 @@ class ThreeSteps(Workflow):
         items = await ctx.store.get("items")
         await asyncio.sleep(0.05)
         if os.environ.get(CRASH_IN_S2):
+            await _until_checkpointed("s1")  # checkpoints are written beside the next step
             os._exit(17)  # a crash: no cleanup, no last words
         await ctx.store.set("items", [*items, "two"])
         return SecondDone(n=2)

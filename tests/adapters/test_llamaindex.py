@@ -219,7 +219,8 @@ def test_crash_in_step_two_resumes_by_rerunning_only_step_two(
     uri, database = mongo
     log = tmp_path / "steps.log"
     env = {lw.STEP_LOG: str(log)}
-    drive("steps", uri, database, "crash", env={**env, lw.CRASH_IN_S2: "1"}, expect=17)
+    crash = {**env, lw.CRASH_IN_S2: f"{uri}|{database}|crash"}
+    drive("steps", uri, database, "crash", env=crash, expect=17)
     assert log.read_text().split() == ["s1", "s2"]
     assert drive("resume", uri, database, "crash", env=env) == {
         "result": ["one", "two", "three"]}
@@ -284,3 +285,34 @@ def test_loop_benchmark_stores_at_most_a_twentieth_of_the_full_snapshot_recipe(
     recipe, ours = rows
     assert recipe["steps"] == ours["steps"] == 200
     assert ours["stored_bytes"] * 20 <= recipe["stored_bytes"]
+
+
+class FailsOnce(Workflow):
+    failed = False
+
+    @step
+    async def s1(self, ctx: Context, ev: StartEvent) -> lw.FirstDone:
+        await ctx.store.set("items", ["one"])
+        return lw.FirstDone(n=1)
+
+    @step
+    async def s2(self, ctx: Context, ev: lw.FirstDone) -> StopEvent:
+        if not FailsOnce.failed:
+            FailsOnce.failed = True
+            raise KeyError("boom")
+        return StopEvent(result=[*await ctx.store.get("items"), "two"])
+
+
+def test_failed_step_raises_and_an_earlier_checkpoint_retries_it() -> None:
+    saver = MemorySaver()
+
+    async def main() -> Any:
+        checkpointer = WorkflowCheckpointer(FailsOnce(), saver)
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(checkpointer.run(thread_id="f"), 30)
+        with pytest.raises(ValueError, match="not waiting for input"):
+            await checkpointer.respond("f", lw.Answer(answer="x"))
+        after_s1 = next(i for i in await checkpointer.checkpoints("f") if i.step_name == "s1")
+        return await (await WorkflowCheckpointer(FailsOnce(), saver).resume("f", after_s1.id))
+
+    assert run(main()) == ["one", "two"]
