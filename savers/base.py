@@ -18,7 +18,8 @@ import dataclasses
 import datetime as dt
 import inspect
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -102,12 +103,15 @@ Flow = Generator[Any, Any, R]
 
 @dataclass(frozen=True, slots=True)
 class _Known:
-    """A decoded state: its bytes, its record header, and the id of its nearest anchor
-    (itself when it is an anchor or keyframe), which a child may be encoded against."""
+    """A decoded state: its bytes, its record header, the id of its nearest anchor (itself
+    when it is an anchor or keyframe), which a child may be encoded against, and, when
+    known, the checkpoint as stored with the monotonic time it was seen there."""
 
     raw: bytes
     header: codec.RecordHeader
     anchor_id: str
+    stored: StoredCheckpoint | None = None
+    seen: float = 0.0
 
     @property
     def base(self) -> codec.Base:
@@ -124,8 +128,21 @@ class _RawCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, str, str], _Known] = OrderedDict()
+        self._spaces: Counter[tuple[str, str]] = Counter()  # entries per (thread, namespace)
         self._size = 0
         self._lock = threading.Lock()
+
+    def knows(self, thread_id: str, namespace: str) -> bool:
+        """Does the cache hold any state of this thread and namespace?"""
+        return self._spaces[(thread_id, namespace)] > 0
+
+    def _forget(self, key: tuple[str, str, str]) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old.raw)
+            self._spaces[key[:2]] -= 1
+            if not self._spaces[key[:2]]:
+                del self._spaces[key[:2]]
 
     def get(self, key: tuple[str, str, str]) -> _Known | None:
         with self._lock:
@@ -138,29 +155,26 @@ class _RawCache:
         if len(known.raw) > self.max_bytes:
             return
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._size -= len(old.raw)
+            self._forget(key)
             self._items[key] = known
             self._size += len(known.raw)
+            self._spaces[key[:2]] += 1
             while self._size > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._size -= len(evicted.raw)
+                self._forget(next(iter(self._items)))
 
     def discard(self, key: tuple[str, str, str]) -> None:
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._size -= len(old.raw)
+            self._forget(key)
 
     def drop_thread(self, thread_id: str) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] == thread_id]:
-                self._size -= len(self._items.pop(key).raw)
+                self._forget(key)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._spaces.clear()
             self._size = 0
 
 
@@ -177,6 +191,11 @@ class BaseSaver:
     _blocking_io: ClassVar[bool] = False
     #: True when the primitives are coroutines: sync methods are unavailable.
     _async_only: ClassVar[bool] = False
+    #: How long (seconds) a state this saver wrote or read may stand in for a read of that
+    #: checkpoint when a put names it as parent. The read guards against the checkpoint
+    #: having been deleted or replaced by another process meanwhile; in-memory savers,
+    #: which no other process can change, trust their cache for as long as it holds.
+    _trust_seconds: ClassVar[float] = 60.0
 
     def __init__(
         self,
@@ -445,12 +464,16 @@ class BaseSaver:
 
         # A re-put of an existing id needs no read first: the insert returns the stored
         # record on a duplicate id, and the comparison below makes it a no-op or a conflict.
-        if checkpoint.parent_id is None:
-            parent = yield Call("_read_latest", (thread_id, namespace))
+        known: _Known | None = None
+        if checkpoint.parent_id is None:  # the latest must be read: another writer may
+            parent = yield Call("_read_latest", (thread_id, namespace))  # have appended
         else:
-            parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
-
-        known = self._known(parent)
+            known = self._trusted((thread_id, namespace, checkpoint.parent_id))
+            parent = known.stored if known is not None else None
+            if parent is None:
+                parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
+        if known is None:
+            known = self._known(parent)
         anchor = None
         if known is not None and parent is not None:
             anchor = known if known.anchor_id == parent.id else self._cache.get(
@@ -483,8 +506,16 @@ class BaseSaver:
         if existing is not None:  # the id was taken: a retry, a re-put, or a race
             return self._same_or_conflict(existing, checkpoint, metadata, digest)
         anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
-        self._cache.put((thread_id, namespace, new_id), _Known(raw, encoded.header, anchor_id))
+        self._cache.put((thread_id, namespace, new_id),
+                        _Known(raw, encoded.header, anchor_id, stored, time.monotonic()))
         return stored.to_checkpoint(checkpoint.state)
+
+    def _trusted(self, key: tuple[str, str, str]) -> _Known | None:
+        """A cached state fresh enough to stand in for a read of its checkpoint."""
+        known = self._cache.get(key)
+        if known is None or known.stored is None:
+            return None
+        return known if time.monotonic() - known.seen < self._trust_seconds else None
 
     def _known(self, stored: StoredCheckpoint | None) -> _Known | None:
         """The cached decoded state of ``stored``, if the cache holds exactly that state."""
@@ -525,10 +556,16 @@ class BaseSaver:
     ) -> Flow[Checkpoint | None]:
         _check_ids(thread_id, namespace)
         _check_optional_id("checkpoint_id", checkpoint_id)
-        if checkpoint_id is None:
-            stored = yield Call("_read_latest", (thread_id, namespace))
-        else:
+        lookup: dict[str, StoredCheckpoint] = {}
+        if checkpoint_id is not None:
             stored = yield Call("_read", (thread_id, namespace, checkpoint_id))
+        elif hasattr(self, "_read_latest_chain") and not self._cache.knows(thread_id, namespace):
+            # Nothing cached for this thread: fetch the head and its decode path at once.
+            found = yield Call("_read_latest_chain", (thread_id, namespace))
+            stored = found[0] if found else None
+            lookup.update((item.id, item) for item in found or ())
+        else:
+            stored = yield Call("_read_latest", (thread_id, namespace))
         if stored is None:
             return None
         assert isinstance(stored, StoredCheckpoint)
@@ -536,7 +573,7 @@ class BaseSaver:
         if cached is not None:
             raw = cached.raw
         else:
-            lookup: dict[str, StoredCheckpoint] = {stored.id: stored}
+            lookup[stored.id] = stored
             if self._missing_keyframes([stored], lookup):
                 for item in (yield Call("_read_chains", (thread_id, namespace,
                                                          [stored.keyframe_id]))):
@@ -702,7 +739,8 @@ class BaseSaver:
             )
             yield Call("_replace", (rewritten,))
             lookup[item.id] = rewritten
-            self._cache.put((thread_id, namespace, item.id), _Known(raw, encoded.header, item.id))
+            self._cache.put((thread_id, namespace, item.id),
+                            _Known(raw, encoded.header, item.id, rewritten, time.monotonic()))
         yield Call("_delete_checkpoints", (thread_id, namespace, sorted(doomed)))
         for checkpoint_id in doomed:
             self._cache.discard((thread_id, namespace, checkpoint_id))
@@ -839,13 +877,14 @@ class BaseSaver:
             if self._header(item).is_anchor:
                 anchor, anchor_id = (item, raw), item.id
         tip = path[-1]
+        now = time.monotonic()
         if anchor is not None and anchor[0] is not tip:
             item, raw = anchor
             self._cache.put((item.thread_id, item.namespace, item.id),
-                            _Known(raw, self._header(item), item.id))
+                            _Known(raw, self._header(item), item.id, item, now))
         if anchor_id:
             self._cache.put((tip.thread_id, tip.namespace, tip.id),
-                            _Known(raws[-1], self._header(tip), anchor_id))
+                            _Known(raws[-1], self._header(tip), anchor_id, tip, now))
 
     def _decode_all(self, items: Sequence[StoredCheckpoint]) -> tuple[Checkpoint, ...]:
         """Decode a whole released run (every chain complete), newest first."""

@@ -32,6 +32,8 @@ class MemorySaver(BaseSaver):
     operation awaits while holding it. ``release`` drops the thread's run.
     """
 
+    _trust_seconds = float("inf")  # nothing outside this process changes what it holds
+
     def __init__(self, **options: Any):
         super().__init__(**options)
         self._threads: dict[str, dict[str, _Space]] = {}
