@@ -20,6 +20,7 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
+    OperationFailure,
     WriteConcernError,
 )
 
@@ -110,6 +111,9 @@ class AsyncMongoSaver(BaseSaver):
         self._releases = db.get_collection(self.names.releases, **extra)
         self._writes = db.get_collection(self.names.writes, **extra)
         self._ready = False
+        #: Does the server run the one-command latest read ($graphLookup)? None: not yet
+        #: known; the first failure that is not about size turns it off for this saver.
+        self._chain_stage: bool | None = None
         self._bumped: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._bump_lock = threading.Lock()
 
@@ -230,6 +234,32 @@ class AsyncMongoSaver(BaseSaver):
         doc = await self._checkpoints.find_one(sh.space(thread_id, namespace),
                                                sort=[("cid", -1)])
         return None if doc is None else (await self._complete([doc]))[0]
+
+    async def _read_latest_chain(
+        self, thread_id: str, namespace: str
+    ) -> list[StoredCheckpoint] | None:
+        """The latest checkpoint and the records of its decode path, in one aggregate
+        (``$graphLookup`` from the head's base back to its keyframe, within the thread and
+        namespace); chunked records cost one more query. Where the server lacks the stage
+        the head alone is returned and the core reads its chain as a second command."""
+        await self._ensure_setup()
+        if self._chain_stage is not False:
+            pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace)
+            try:
+                cursor = await _resolve(self._checkpoints.aggregate(pipeline))
+                docs = [doc async for doc in cursor]
+            except OperationFailure as exc:
+                if self._chain_stage is None and not sh.too_large(exc):
+                    self._chain_stage = False  # unsupported here: two commands from now on
+            else:
+                self._chain_stage = True
+                if not docs:
+                    return None
+                head = dict(docs[0])
+                path = head.pop("path", None) or []
+                return await self._complete([head, *path])
+        found = await self._read_latest(thread_id, namespace)
+        return None if found is None else [found]
 
     async def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
@@ -434,47 +464,56 @@ class AsyncMongoSaver(BaseSaver):
         # chunks of deleted records become orphans: collect_orphans removes them
 
     async def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
+        """Archive the live run as the next version, resumably.
+
+        The version is claimed first by a release marker flagged ``pending``; archive
+        ``_id``s are deterministic per (checkpoint, version), so a release interrupted
+        after its claim (crash, dropped connection) is finished by the next one under the
+        same version: documents already copied are kept, nothing is archived twice. The
+        marker loses its flag last; ``versions`` and ``get_version`` skip pending ones.
+        """
         await self._ensure_setup()
         docs = [doc async for doc in self._checkpoints.find({"thread_id": thread_id},
                                                             batch_size=1000)]
         await self._writes.delete_many({"thread_id": thread_id})
-        if not docs:
-            return None, []  # nothing ran since the last release: no empty version
-        items = await self._complete(docs)
-        version = await self._allocate_version(thread_id, len(docs))
-        if docs:
-            try:
-                await self._archive_coll.insert_many(
-                    [sh.archive_doc(doc, version) for doc in docs], ordered=False)
-            except BulkWriteError as exc:
-                if not sh.only_duplicates(exc.details):
-                    raise
-            await self._checkpoints.delete_many(
-                {"thread_id": thread_id, "_id": {"$in": [doc["_id"] for doc in docs]}})
-        return version, items
-
-    async def _allocate_version(self, thread_id: str, count: int) -> int:
         last = await self._releases.find_one({"thread_id": thread_id},
                                              sort=[("version", -1)])
-        version = 1 if last is None else int(last["version"]) + 1
-        while True:
+        resumed = last is not None and bool(last.get("pending"))
+        if not docs and not resumed:
+            return None, []  # nothing ran since the last release: no empty version
+        if resumed:
+            assert last is not None
+            version = int(last["version"])
+        else:
+            version = 1 if last is None else int(last["version"]) + 1
             try:
-                await self._releases.insert_one(sh.release_doc(thread_id, version, count))
-                return version
-            except DuplicateKeyError:
-                version += 1
+                await self._releases.insert_one(sh.release_doc(thread_id, version, len(docs)))
+            except DuplicateKeyError:  # a concurrent release claimed it: finish it together
+                resumed = True
+        await self._insert_docs(self._archive_coll,
+                                [sh.archive_doc(doc, version) for doc in docs])
+        if docs:
+            await self._checkpoints.delete_many(
+                {"thread_id": thread_id, "_id": {"$in": [doc["_id"] for doc in docs]}})
+        if resumed:  # the run is what the interrupted attempt(s) archived, plus docs
+            docs = [doc async for doc in self._archive_coll.find(
+                {"thread_id": thread_id, "version": version}, batch_size=1000)]
+        await self._releases.update_one(
+            {"_id": sh.release_id(thread_id, version), "thread_id": thread_id},
+            {"$set": {"count": len(docs)}, "$unset": {"pending": ""}})
+        return version, await self._complete(docs)
 
     async def _versions(self, thread_id: str) -> list[int]:
         await self._ensure_setup()
         return [int(doc["version"]) async for doc in self._releases.find(
-            {"thread_id": thread_id}, {"version": 1})]
+            sh.released(thread_id), {"version": 1})]
 
     async def _read_version(
         self, thread_id: str, version: int
     ) -> list[StoredCheckpoint] | None:
         await self._ensure_setup()
         marker = await self._releases.find_one(
-            {"_id": sh.release_id(thread_id, version), "thread_id": thread_id})
+            {"_id": sh.release_id(thread_id, version), **sh.released(thread_id)})
         if marker is None:
             return None
         docs = [doc async for doc in self._archive_coll.find(

@@ -18,7 +18,9 @@ Collections (names get the saver's ``prefix``):
     released runs: copies of the checkpoint documents with a ``version`` (1, 2, ...) and
     ``_id`` hashed over (thread_id, namespace, checkpoint id, version).
 ``releases``
-    one marker document per released version.
+    one marker document per released version, claimed with ``pending: true`` before the
+    run is copied and cleared once the live documents are deleted: a release interrupted
+    in between is finished, under the same version, by the next one.
 ``writes``
     pending writes (``put_writes``): ``{_id: hash(thread, ns, cid, task, idx), thread_id,
     ns, cid, task, idx, channel, path, rec}``, indexed on (thread_id, ns, cid).
@@ -271,8 +273,14 @@ def from_doc(doc: Mapping[str, Any], record: bytes | None = None) -> StoredCheck
 
 
 def release_doc(thread_id: str, version: int, count: int) -> dict[str, Any]:
+    """The marker claiming ``version``: ``pending`` until the run is archived and gone."""
     return {"_id": release_id(thread_id, version), "thread_id": thread_id,
-            "version": version, "ts": utcnow(), "count": count}
+            "version": version, "ts": utcnow(), "count": count, "pending": True}
+
+
+def released(thread_id: str) -> dict[str, Any]:
+    """Markers of finished releases (a pending one is finished by the next release)."""
+    return {"thread_id": thread_id, "pending": {"$ne": True}}
 
 
 def utcnow() -> dt.datetime:
@@ -389,6 +397,31 @@ def _same(a: Any, b: Any) -> bool:
 
 def chains_filter(thread_id: str, namespace: str, keyframe_ids: Iterable[str]) -> dict[str, Any]:
     return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": sorted(set(keyframe_ids))}}
+
+
+def latest_chain_pipeline(collection: str, thread_id: str, namespace: str) -> list[Any]:
+    """The latest checkpoint of a thread and namespace with its decode path under ``path``:
+    the records its ``base`` links lead to, found within the same thread and namespace
+    (index ``thread_ns_cid`` serves both the head and each hop)."""
+    return [
+        {"$match": space(thread_id, namespace)},
+        {"$sort": {"cid": -1}},
+        {"$limit": 1},
+        {"$graphLookup": {
+            "from": collection, "startWith": "$base", "connectFromField": "base",
+            "connectToField": "cid", "as": "path",
+            "restrictSearchWithMatch": space(thread_id, namespace),
+        }},
+    ]
+
+
+#: Server errors about a result or stage too big (BSONObjectTooLarge, the aggregate's
+#: document size and memory limits): the stage works, this read falls back once.
+_SIZE_ERRORS = frozenset({10334, 17419, 4568, 146, 292})
+
+
+def too_large(exc: Exception) -> bool:
+    return getattr(exc, "code", None) in _SIZE_ERRORS
 
 
 def tokens_of(docs: Iterable[Mapping[str, Any]]) -> list[str]:

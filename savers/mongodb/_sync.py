@@ -21,6 +21,7 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
+    OperationFailure,
     WriteConcernError,
 )
 
@@ -111,6 +112,9 @@ class MongoSaver(BaseSaver):
         self._releases = db.get_collection(self.names.releases, **extra)
         self._writes = db.get_collection(self.names.writes, **extra)
         self._ready = False
+        #: Does the server run the one-command latest read ($graphLookup)? None: not yet
+        #: known; the first failure that is not about size turns it off for this saver.
+        self._chain_stage: bool | None = None
         self._bumped: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._bump_lock = threading.Lock()
 
@@ -231,6 +235,32 @@ class MongoSaver(BaseSaver):
         doc = self._checkpoints.find_one(sh.space(thread_id, namespace),
                                                sort=[("cid", -1)])
         return None if doc is None else (self._complete([doc]))[0]
+
+    def _read_latest_chain(
+        self, thread_id: str, namespace: str
+    ) -> list[StoredCheckpoint] | None:
+        """The latest checkpoint and the records of its decode path, in one aggregate
+        (``$graphLookup`` from the head's base back to its keyframe, within the thread and
+        namespace); chunked records cost one more query. Where the server lacks the stage
+        the head alone is returned and the core reads its chain as a second command."""
+        self._ensure_setup()
+        if self._chain_stage is not False:
+            pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace)
+            try:
+                cursor = _resolve(self._checkpoints.aggregate(pipeline))
+                docs = [doc for doc in cursor]
+            except OperationFailure as exc:
+                if self._chain_stage is None and not sh.too_large(exc):
+                    self._chain_stage = False  # unsupported here: two commands from now on
+            else:
+                self._chain_stage = True
+                if not docs:
+                    return None
+                head = dict(docs[0])
+                path = head.pop("path", None) or []
+                return self._complete([head, *path])
+        found = self._read_latest(thread_id, namespace)
+        return None if found is None else [found]
 
     def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
@@ -435,47 +465,56 @@ class MongoSaver(BaseSaver):
         # chunks of deleted records become orphans: collect_orphans removes them
 
     def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
+        """Archive the live run as the next version, resumably.
+
+        The version is claimed first by a release marker flagged ``pending``; archive
+        ``_id``s are deterministic per (checkpoint, version), so a release interrupted
+        after its claim (crash, dropped connection) is finished by the next one under the
+        same version: documents already copied are kept, nothing is archived twice. The
+        marker loses its flag last; ``versions`` and ``get_version`` skip pending ones.
+        """
         self._ensure_setup()
         docs = [doc for doc in self._checkpoints.find({"thread_id": thread_id},
                                                             batch_size=1000)]
         self._writes.delete_many({"thread_id": thread_id})
-        if not docs:
-            return None, []  # nothing ran since the last release: no empty version
-        items = self._complete(docs)
-        version = self._allocate_version(thread_id, len(docs))
-        if docs:
-            try:
-                self._archive_coll.insert_many(
-                    [sh.archive_doc(doc, version) for doc in docs], ordered=False)
-            except BulkWriteError as exc:
-                if not sh.only_duplicates(exc.details):
-                    raise
-            self._checkpoints.delete_many(
-                {"thread_id": thread_id, "_id": {"$in": [doc["_id"] for doc in docs]}})
-        return version, items
-
-    def _allocate_version(self, thread_id: str, count: int) -> int:
         last = self._releases.find_one({"thread_id": thread_id},
                                              sort=[("version", -1)])
-        version = 1 if last is None else int(last["version"]) + 1
-        while True:
+        resumed = last is not None and bool(last.get("pending"))
+        if not docs and not resumed:
+            return None, []  # nothing ran since the last release: no empty version
+        if resumed:
+            assert last is not None
+            version = int(last["version"])
+        else:
+            version = 1 if last is None else int(last["version"]) + 1
             try:
-                self._releases.insert_one(sh.release_doc(thread_id, version, count))
-                return version
-            except DuplicateKeyError:
-                version += 1
+                self._releases.insert_one(sh.release_doc(thread_id, version, len(docs)))
+            except DuplicateKeyError:  # a concurrent release claimed it: finish it together
+                resumed = True
+        self._insert_docs(self._archive_coll,
+                                [sh.archive_doc(doc, version) for doc in docs])
+        if docs:
+            self._checkpoints.delete_many(
+                {"thread_id": thread_id, "_id": {"$in": [doc["_id"] for doc in docs]}})
+        if resumed:  # the run is what the interrupted attempt(s) archived, plus docs
+            docs = [doc for doc in self._archive_coll.find(
+                {"thread_id": thread_id, "version": version}, batch_size=1000)]
+        self._releases.update_one(
+            {"_id": sh.release_id(thread_id, version), "thread_id": thread_id},
+            {"$set": {"count": len(docs)}, "$unset": {"pending": ""}})
+        return version, self._complete(docs)
 
     def _versions(self, thread_id: str) -> list[int]:
         self._ensure_setup()
         return [int(doc["version"]) for doc in self._releases.find(
-            {"thread_id": thread_id}, {"version": 1})]
+            sh.released(thread_id), {"version": 1})]
 
     def _read_version(
         self, thread_id: str, version: int
     ) -> list[StoredCheckpoint] | None:
         self._ensure_setup()
         marker = self._releases.find_one(
-            {"_id": sh.release_id(thread_id, version), "thread_id": thread_id})
+            {"_id": sh.release_id(thread_id, version), **sh.released(thread_id)})
         if marker is None:
             return None
         docs = [doc for doc in self._archive_coll.find(

@@ -135,6 +135,11 @@ def test_every_query_names_thread_id(nx_uri: str) -> None:
                     seen.append(cmd[key])
             for statement in cmd.get("deletes", []) + cmd.get("updates", []):
                 seen.append(statement["q"])
+            for stage in cmd.get("pipeline", []):  # aggregates: $match and every lookup
+                if "$match" in stage:
+                    seen.append(stage["$match"])
+                if "$graphLookup" in stage:
+                    seen.append(stage["$graphLookup"]["restrictSearchWithMatch"])
 
         def succeeded(self, event: Any) -> None:
             pass
@@ -168,6 +173,7 @@ def test_every_query_names_thread_id(nx_uri: str) -> None:
         saver.get_version("t", 1)
         saver.delete_thread("t")
         assert seen and all("thread_id" in query for query in seen), seen
+        assert saver._chain_stage is True  # the cold get above was one aggregate
     finally:
         mongo_harness.drop(saver)
         client.close()
@@ -216,20 +222,32 @@ def test_command_counts(counted: tuple[MongoSaver, Commands]) -> None:
     saver.put(Checkpoint("t", {"n": 40}, parent_id=puts[-1].id))
     assert commands.take() == ["insert"]  # a parent this saver just wrote: no read
     saver._cache.clear()
-    saver.put(Checkpoint("t", {"n": 41}, parent_id=puts[-1].id))
+    saver.put(Checkpoint("t", {"n": 41, "log": list(range(41))}, parent_id=puts[-1].id))
     assert commands.take() == ["find", "insert"]  # a parent it does not hold: read it
+    for i in (42, 43):
+        head = saver.put(Checkpoint("t", {"n": i, "log": list(range(i))}))
+        assert commands.take() == ["find", "insert"]  # the latest, cached: a delta
+    stored = saver._read("t", "", head.id)
+    assert stored is not None and stored.depth > 2  # the decode path spans three records
+    commands.take()
 
     assert saver.get("t") is not None  # warm: the saver holds the decoded parent
     assert commands.take() == ["find"]
     saver._cache.clear()
-    assert saver.get("t") is not None  # cold: the head, then (a delta) its chain
-    assert commands.take() in (["find"], ["find", "find"])
+    assert saver.get("t") is not None  # cold: the head and its decode path, one aggregate
+    assert commands.take() == ["aggregate"]
+    assert saver._chain_stage is True  # nx-27017 runs $graphLookup
+    saver._cache.clear()
+    saver._chain_stage = False  # a server without the stage: the head, then its chain
+    assert saver.get("t") is not None
+    assert commands.take() == ["find", "find"]
+    saver._chain_stage = None
     saver._cache.clear()
     assert saver.get("t", puts[-2].id) is not None
     assert commands.take() == ["find", "find"]  # a delta: the head, its chain in one query
 
     listed = list(saver.list("t"))
-    assert len(listed) == 42
+    assert len(listed) == 44
     names = commands.take()
     assert names[0] == "find" and set(names[1:]) <= {"getMore", "find"}
     assert names.count("find") <= 2  # the listing + at most one chain query
@@ -237,6 +255,101 @@ def test_command_counts(counted: tuple[MongoSaver, Commands]) -> None:
     listed = list(saver.list("t", limit=5, metadata={}))
     assert len(listed) == 5  # the page, and the chain when it starts before the page
     assert commands.take() in (["find"], ["find", "find"])
+
+
+def test_put_loop_with_explicit_parents_is_one_insert(
+    counted: tuple[MongoSaver, Commands],
+) -> None:
+    """A LangGraph-style loop (each put names the previous one as parent): the first put
+    of a process reads its parent once, every later put is one insert, keyframes too."""
+    saver, commands = counted
+    previous = saver.put(Checkpoint("t", {"n": 0, "log": []}))
+    for i in range(1, 5):
+        previous = saver.put(Checkpoint("t", {"n": i, "log": list(range(i))},
+                                        parent_id=previous.id))
+    commands.take()
+    # a new process: nothing cached, the parent comes from an earlier run
+    fresh = MongoSaver(saver.client, database=mongo_harness.DATABASE,
+                       prefix=saver.names.checkpoints.removesuffix("checkpoints"),
+                       policy=KeyframePolicy(max_chain=4))
+    fresh.setup()
+    commands.take()
+    previous = fresh.put(Checkpoint("t", {"n": 5, "log": list(range(5))},
+                                    parent_id=previous.id))
+    assert commands.take() == ["find", "insert"]  # cold cache: read the parent once
+    for i in range(6, 26):  # deltas and (every 4th) keyframes alike
+        previous = fresh.put(Checkpoint("t", {"n": i, "log": list(range(i))},
+                                        parent_id=previous.id))
+        assert commands.take() == ["insert"], i
+        assert previous.step == i
+    fresh._cache.clear()
+    got = fresh.get("t")
+    assert got is not None and got.id == previous.id and got.state["log"] == list(range(25))
+    assert commands.take() == ["aggregate"]
+
+
+@pytest.mark.parametrize("tier", ["mongomock", "mongomock_motor"])
+def test_cold_latest_get_fetches_the_decode_path_on_mongomock(tier: str) -> None:
+    """mongomock runs $graphLookup too: a cold latest get reads head and path at once."""
+    if tier == "mongomock":
+        saver: Any = mongo_harness.mongomock_saver(prefix=mongo_harness.fresh_prefix())
+
+        def run(value: Any) -> Any:
+            return value
+    else:
+        saver = mongo_harness.mongomock_motor_saver(prefix=mongo_harness.fresh_prefix())
+        loop = asyncio.new_event_loop()
+        run = loop.run_until_complete
+    calls: list[str] = []
+    read_latest, read_chains = saver._read_latest, saver._read_chains
+    saver._read_latest = lambda *a: (calls.append("latest"), read_latest(*a))[1]
+    saver._read_chains = lambda *a: (calls.append("chains"), read_chains(*a))[1]
+    put = saver.aput if tier == "mongomock_motor" else saver.put
+    get = saver.aget if tier == "mongomock_motor" else saver.get
+    puts = [run(put(Checkpoint("t", {"n": i, "log": list(range(200 + i))})))
+            for i in range(6)]
+    run(put(Checkpoint("u", {"other": True})))  # another thread's records stay out
+    run(put(Checkpoint("t", {"ns": True}, namespace="sub")))
+    calls.clear()
+    saver._cache.clear()
+    got = run(get("t"))
+    assert got is not None and got.id == puts[-1].id and got.state == puts[-1].state
+    assert calls == [] and saver._chain_stage is True
+    found = run(saver._read_latest_chain("t", ""))
+    assert found[0].id == puts[-1].id and len(found) > 2  # the head, then its deltas
+    assert {(item.thread_id, item.namespace) for item in found} == {("t", "")}
+    assert run(saver._read_latest_chain("nobody", "")) is None
+    if tier == "mongomock_motor":
+        loop.close()
+
+
+def test_a_server_without_the_stage_falls_back_once(
+    counted: tuple[MongoSaver, Commands],
+) -> None:
+    saver, commands = counted
+    for i in range(4):
+        head = saver.put(Checkpoint("t", {"n": i, "log": list(range(200 + i))}))
+    stored = saver._read("t", "", head.id)
+    assert stored is not None and stored.base_id is not None  # a delta: it needs its chain
+    failures = []
+    aggregate = saver._checkpoints.aggregate
+
+    def unsupported(*args: Any, **kwargs: Any) -> Any:
+        failures.append(args)
+        raise pymongo.errors.OperationFailure("Unrecognized pipeline stage name: "
+                                              "'$graphLookup'", code=40324)
+
+    saver._checkpoints = type("NoGraphLookup", (), {
+        "aggregate": staticmethod(unsupported),
+        "__getattr__": lambda self, name: getattr(aggregate.__self__, name),
+    })()
+    for _ in range(3):
+        saver._cache.clear()
+        commands.take()
+        got = saver.get("t")
+        assert got is not None and got.state["n"] == 3
+        assert commands.take() == ["find", "find"]  # the head, then its chain
+    assert len(failures) == 1 and saver._chain_stage is False  # detected once
 
 
 def test_bad_thread_id_never_reaches_the_server(counted: tuple[MongoSaver, Commands]) -> None:
@@ -375,6 +488,88 @@ def test_ttl_expiry_on_mongomock() -> None:
     time.sleep(0.1)
     saver._cache.clear()
     assert saver.get("t") is None  # mongomock expires lazily, on access
+
+
+# -- release -------------------------------------------------------------------------
+class Crash(Exception):
+    pass
+
+
+def _failing(collection: Any, method: str) -> Any:
+    """``collection`` whose ``method`` raises (a crash at that point of a release)."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise Crash(method)
+
+    return type("Failing", (), {
+        method: staticmethod(fail),
+        "__getattr__": lambda self, name: getattr(collection, name),
+    })()
+
+
+@pytest.mark.parametrize("point", [
+    ("_checkpoints", "delete_many"),  # copied into the archive, live documents kept
+    ("_archive_coll", "insert_many"),  # version claimed, nothing copied
+    ("_releases", "update_one"),  # copied and deleted, the marker still pending
+])
+@pytest.mark.parametrize("tier", ["nx", "mongomock"])
+def test_interrupted_release_is_finished_under_the_same_version(
+    tier: str, point: tuple[str, str], request: pytest.FixtureRequest,
+) -> None:
+    if tier == "nx":
+        saver = next(mongo_harness.server_sync_saver(request.getfixturevalue("nx_uri")))
+    else:
+        saver = mongo_harness.mongomock_saver(prefix=mongo_harness.fresh_prefix())
+    try:
+        first = [saver.put(Checkpoint("t", {"run": 1, "n": i})) for i in range(3)]
+        assert saver.release("t").version == 1
+        run = [saver.put(Checkpoint("t", {"run": 2, "n": i, "log": list(range(50 + i))}))
+               for i in range(5)]
+        attr, method = point
+        healthy = getattr(saver, attr)
+        setattr(saver, attr, _failing(healthy, method))
+        with pytest.raises(Crash):
+            saver.release("t")
+        setattr(saver, attr, healthy)
+        assert saver.versions("t") == [1]  # the interrupted version is not visible yet
+        assert saver.get_version("t", 2) is None
+
+        release = saver.release("t")  # the retry finishes version 2
+        assert release.version == 2
+        assert [c.id for c in release.checkpoints] == [c.id for c in reversed(run)]
+        assert [c.state for c in release.checkpoints] == [c.state for c in reversed(run)]
+        assert saver.versions("t") == [1, 2]
+        assert saver.list_threads() == [] and saver.get("t") is None
+        archived = [d["cid"] for d in saver._archive_coll.find({"thread_id": "t"})]
+        assert sorted(archived) == sorted(c.id for c in first + run)  # no duplicates
+        again = saver.get_version("t", 2)
+        assert again is not None and [c.id for c in again.checkpoints] == \
+            [c.id for c in release.checkpoints]
+        assert saver.release("t").version is None  # nothing left: no version 3
+
+        nxt = saver.put(Checkpoint("t", {"run": 3}))
+        third = saver.release("t")
+        assert third.version == 3 and [c.id for c in third.checkpoints] == [nxt.id]
+    finally:
+        mongo_harness.drop(saver)
+
+
+def test_concurrent_release_claims_join_one_version() -> None:
+    """A release whose claim collides with another's pending claim finishes that version
+    with it instead of archiving the same run again as the next one."""
+    saver = mongo_harness.mongomock_saver(prefix=mongo_harness.fresh_prefix())
+    run = [saver.put(Checkpoint("t", {"n": i})) for i in range(3)]
+    saver._releases.insert_one(_shared.release_doc("t", 1, 3))  # the other's claim
+    find_one = saver._releases.find_one
+    saver._releases = type("Stale", (), {  # this one read the markers before that claim
+        "find_one": staticmethod(lambda *a, **k: None),
+        "__getattr__": lambda self, name: getattr(find_one.__self__, name),
+    })()
+    release = saver.release("t")
+    saver._releases = find_one.__self__
+    assert release.version == 1 and {c.id for c in release.checkpoints} == {c.id for c in run}
+    assert saver.versions("t") == [1]
+    assert saver._archive_coll.count_documents({"thread_id": "t"}) == 3
 
 
 # -- formats -----------------------------------------------------------------------------
