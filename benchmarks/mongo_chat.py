@@ -4,7 +4,9 @@ Runs the 200-turn chat of ``chat.py`` on MongoSaver over mongomock and over nx-2
 real PyMongo driver against a wire-protocol server started on a free loopback port) and
 reports stored BSON bytes (sum of ``bson.encode`` of every document, indexes excluded)
 against the information floor (zstd level 3 of the final serialized state), documents per
-checkpoint, and the commands one ``put`` / ``get`` of the latest / ``list`` sends.
+checkpoint, and the commands one ``put`` (first of a process, then LangGraph-style with the
+previous checkpoint as explicit parent, then with the latest as implicit parent) / ``get``
+of the latest (warm, cold) / ``list`` sends.
 
 Run: ``python benchmarks/mongo_chat.py [--turns 200] [--no-nx]``.
 """
@@ -62,7 +64,8 @@ def measure(saver: MongoSaver, commands: Commands | None, turns: int) -> dict[st
     for state in states:
         if commands:
             commands.take()
-        latest = saver.put(Checkpoint("chat", state, node_id="agent"))
+        latest = saver.put(Checkpoint("chat", state, node_id="agent",  # LangGraph-style
+                                      parent_id=latest.id if latest else None))
         if commands:
             per_put.append(len(commands.take()))
     put_seconds = time.perf_counter() - start
@@ -83,13 +86,16 @@ def measure(saver: MongoSaver, commands: Commands | None, turns: int) -> dict[st
         cold = commands.take()
         listed = list(saver.list("chat"))
         assert len(listed) == turns
+        listing = commands.take()
+        saver.put(Checkpoint("chat", states[-1], node_id="agent"))  # parent: the latest
+        implicit = commands.take()
         result.update({
-            "commands_per_put": sorted(set(per_put)),
+            "commands_first_put": per_put[0],  # cold cache: the parent is read once
+            "commands_per_put": sorted(set(per_put[1:])),  # explicit parent, cached
+            "commands_put_implicit_parent": implicit,  # the latest is read first
             "commands_get_latest_warm": warm, "commands_get_latest_cold": cold,
-            "commands_list_all": {name: (lst := commands.take()).count(name)
-                                  for name in ("find", "getMore")},
+            "commands_list_all": {name: listing.count(name) for name in ("find", "getMore")},
         })
-        del lst
     return result
 
 
