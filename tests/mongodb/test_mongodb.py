@@ -645,3 +645,31 @@ def test_two_processes_lose_nothing_and_conflicts_are_explicit(nx_uri: str) -> N
             saver.put(Checkpoint("shared", {"same": False}, id="fixed-id"))
     finally:
         mongo_harness.drop(saver)
+
+
+def test_async_saver_cold_latest_get_is_one_aggregate(nx_uri: str) -> None:
+    listener = Commands()
+
+    async def main() -> None:
+        client: Any = pymongo.AsyncMongoClient(nx_uri, event_listeners=[listener])
+        saver = AsyncMongoSaver(client, database=mongo_harness.DATABASE,
+                                prefix=mongo_harness.fresh_prefix())
+        try:
+            await saver.asetup()
+            previous = None
+            for i in range(5):
+                previous = await saver.aput(Checkpoint(
+                    "t", {"n": i, "log": list(range(200 + i))},
+                    parent_id=previous.id if previous else None))
+            assert previous is not None
+            saver._cache.clear()
+            listener.take()
+            got = await saver.aget("t")
+            assert got is not None and got.id == previous.id and got.state["n"] == 4
+            assert listener.take() == ["aggregate"]
+        finally:
+            for name in saver.names.all():
+                await client[mongo_harness.DATABASE].drop_collection(name)
+            await client.close()
+
+    asyncio.run(main())
