@@ -192,9 +192,9 @@ class BaseSaver:
     #: True when the primitives are coroutines: sync methods are unavailable.
     _async_only: ClassVar[bool] = False
     #: How long (seconds) a state this saver wrote or read may stand in for a read of that
-    #: checkpoint when a put names it as parent. The read guards against the checkpoint
-    #: having been deleted or replaced by another process meanwhile; in-memory savers,
-    #: which no other process can change, trust their cache for as long as it holds.
+    #: checkpoint (a get by id, or a put naming it as parent). The read guards against the
+    #: checkpoint having been deleted or replaced by another process meanwhile; in-memory
+    #: savers, which no other process can change, trust their cache for as long as it holds.
     _trust_seconds: ClassVar[float] = 60.0
 
     def __init__(
@@ -558,6 +558,9 @@ class BaseSaver:
         _check_optional_id("checkpoint_id", checkpoint_id)
         lookup: dict[str, StoredCheckpoint] = {}
         if checkpoint_id is not None:
+            trusted = self._trusted((thread_id, namespace, checkpoint_id))
+            if trusted is not None and trusted.stored is not None:  # written or read here
+                return trusted.stored.to_checkpoint(self._loads(trusted.raw, trusted.stored))
             stored = yield Call("_read", (thread_id, namespace, checkpoint_id))
         elif hasattr(self, "_read_latest_chain") and not self._cache.knows(thread_id, namespace):
             # Nothing cached for this thread: fetch the head and its decode path at once.
