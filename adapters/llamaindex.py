@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -325,6 +325,13 @@ class WorkflowCheckpointer:
     ``MongoSaver`` runs its blocking IO in a worker thread, so the event loop never stalls).
     Every method that reads or writes the saver is a coroutine; :meth:`run` returns the
     handler at once, like ``Workflow.run``.
+
+    Snapshots name classes (events, pydantic models in ``ctx.store``); restoring them never
+    imports a class by a name read from storage: the default serializer resolves only the
+    workflow's own events (``workflow.events``) and the classes given in ``allowed_types``
+    (add the events you ``wait_for_event`` on or ``send_event`` from outside the steps, and
+    the models you keep in ``ctx.store``). A ``serializer`` you pass, or the workflow's
+    own, is used as it is.
     """
 
     def __init__(
@@ -334,6 +341,7 @@ class WorkflowCheckpointer:
         *,
         namespace: str = "",
         serializer: BaseSerializer | None = None,
+        allowed_types: Iterable[type[Any]] = (),
     ) -> None:
         self.workflow = workflow
         self.saver = saver
@@ -341,7 +349,7 @@ class WorkflowCheckpointer:
         self._serializer: BaseSerializer = (
             serializer if serializer is not None
             else workflow.serializer if workflow.serializer is not None
-            else JsonSerializer()
+            else JsonSerializer(allowed_types=_known_classes(workflow, allowed_types))
         )
         response_types = [
             cls for cls in workflow.events
@@ -448,3 +456,13 @@ class WorkflowCheckpointer:
             raise ValueError(f"checkpoint {checkpoint.id!r} of thread {thread_id!r} was not "
                              "written by the LlamaIndex workflow checkpointer")
         return checkpoint
+
+
+def _known_classes(workflow: Workflow, extra: Iterable[type[Any]]) -> list[type[Any]]:
+    """The classes a snapshot of ``workflow`` may name: its events plus ``extra``, once."""
+    classes: dict[type[Any], None] = {}
+    for cls in (*workflow.events, *extra):
+        if isinstance(cls, type):
+            classes.setdefault(cls, None)
+    return list(classes)
+

@@ -134,6 +134,9 @@ class WaitWorkflow(Workflow):
 
 
 HITL = {"input_required": AskWorkflow, "wait_for_event": WaitWorkflow}
+# Events a step waits for are not in its signature: a checkpointer must be told of them,
+# since restoring a snapshot never imports a class by a stored name.
+HITL_TYPES: dict[str, tuple[type, ...]] = {"input_required": (), "wait_for_event": (Ask, Answer)}
 
 
 async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -> Any:
@@ -146,7 +149,7 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
     saver = MongoSaver(client, database=database)
     try:
         if command == "ask":
-            checkpointer = WorkflowCheckpointer(HITL[arg](), saver)
+            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
             handler = checkpointer.run(thread_id=thread)
             async for event in handler.stream_events():
                 if isinstance(event, Ask):
@@ -155,7 +158,7 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
             assert await checkpointer.pending_input(thread) is not None
             return {"asked": True}  # the process ends here with the run still waiting
         if command == "answer":
-            checkpointer = WorkflowCheckpointer(HITL[arg](), saver)
+            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
             pending = await checkpointer.pending_input(thread)
             assert pending is not None
             handler = await checkpointer.respond(thread, Answer(answer="Ada"))

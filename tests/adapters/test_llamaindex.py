@@ -143,7 +143,8 @@ def test_human_in_the_loop_in_one_process(variant: str) -> None:
     saver = MemorySaver()
 
     async def main() -> Any:
-        checkpointer = WorkflowCheckpointer(lw.HITL[variant](), saver)
+        checkpointer = WorkflowCheckpointer(lw.HITL[variant](), saver,
+                                            allowed_types=lw.HITL_TYPES[variant])
         handler = checkpointer.run(thread_id="h")
         async for event in handler.stream_events():
             if isinstance(event, InputRequiredEvent):
@@ -316,3 +317,15 @@ def test_failed_step_raises_and_an_earlier_checkpoint_retries_it() -> None:
         return await (await WorkflowCheckpointer(FailsOnce(), saver).resume("f", after_s1.id))
 
     assert run(main()) == ["one", "two"]
+
+
+def test_snapshots_never_import_a_stored_class_name() -> None:
+    """The default serializer resolves the workflow's own events and nothing else: a
+    snapshot naming another class (here a module that must not be imported) is refused."""
+    checkpointer = WorkflowCheckpointer(lw.ThreeSteps(), MemorySaver())
+    payload = json.dumps({"__is_pydantic": True, "value": {},
+                          "qualified_name": "savegame_never_imported.Evil"})
+    with pytest.raises(ValueError, match="allowed types"):
+        checkpointer._serializer.deserialize(payload)
+    assert "savegame_never_imported" not in sys.modules
+
