@@ -368,7 +368,7 @@ class _Common:
             app_id=app_id,
             sequence_id=int(found.metadata["sequence_id"]),
             position=found.node_id or "",
-            state=State.deserialize(dict(found.state), **self.serde_kwargs),
+            state=State.deserialize(dict(found.state), **_load_kwargs(self.serde_kwargs)),
             created_at=created_at,
             status=str(found.metadata["status"]),
         )
@@ -586,3 +586,19 @@ class AsyncPersister(_Common, AsyncBaseStatePersister):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.cleanup()
+
+
+def _load_kwargs(serde_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Deserialization never imports a module named by stored data unless allowed: Burr's
+    pydantic plugin imports the class a row names, so without an allowlist of the caller's
+    (``serde_kwargs={"allowlist": [...]}`` or Burr's ``set_allowlist``) it gets an empty one,
+    and a row holding a pydantic model fails with Burr's "not in the allowlist" error."""
+    if "allowlist" in serde_kwargs:
+        return serde_kwargs
+    try:
+        from burr.integrations.serde import pydantic as pydantic_serde
+    except ImportError:  # no pydantic: Burr's plugin is not registered, nothing to guard
+        return serde_kwargs
+    global_allowlist = getattr(pydantic_serde, "_global_allowlist", None)
+    return {**serde_kwargs, "allowlist": [] if global_allowlist is None else global_allowlist}
+
