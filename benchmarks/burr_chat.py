@@ -26,10 +26,7 @@ per step.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
 import sys
 import time
@@ -37,11 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import bson
 import mongomock
 from burr.core import ApplicationBuilder, State, action
 from burr.core.persistence import BaseStatePersister
 from burr.integrations.persisters.b_pymongo import MongoDBBasePersister
+from common import bson_bytes, machine
 
 from savegame.adapters.burr import Persister
 from savegame.savers import MongoSaver
@@ -137,16 +134,6 @@ def run_app(persister: BaseStatePersister, steps: int, seed: int) -> dict[str, A
             "final_state_json_bytes": final_json}
 
 
-def bson_bytes(database: Any, names: list[str]) -> tuple[int, int]:
-    """(BSON bytes, documents) of the named collections."""
-    total = count = 0
-    for name in names:
-        for doc in database[name].find():
-            total += len(bson.encode(doc))
-            count += 1
-    return total, count
-
-
 def measure(kind: str, steps: int, seed: int) -> dict[str, Any]:
     client = mongomock.MongoClient()
     db_name = f"bench_{kind}"
@@ -162,22 +149,6 @@ def measure(kind: str, steps: int, seed: int) -> dict[str, Any]:
     result = run_app(persister, steps, seed)
     stored, documents = bson_bytes(client[db_name], names)
     return {**result, "stored_bytes": stored, "documents": documents}
-
-
-def machine() -> dict[str, Any]:
-    import burr.version
-    import zstandard
-
-    return {
-        "date": dt.date.today().isoformat(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "burr": burr.version.__version__,
-        "mongomock": mongomock.__version__,
-        "zstandard": zstandard.__version__,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, ok in checks:
         print(f"  {name}: {'ok' if ok else 'MISSED'}")
-    info = machine()
+    import burr.version
+    import zstandard
+
+    info = machine(burr=burr.version.__version__, mongomock=mongomock.__version__,
+                   zstandard=zstandard.__version__)
     print(f"measured {info['date']} on {info['platform']}, {info['cpus']} CPUs, Python "
           f"{info['python']}, burr {info['burr']}, mongomock {info['mongomock']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

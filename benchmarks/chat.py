@@ -17,10 +17,7 @@ Run: ``python benchmarks/chat.py [--turns 20 200 1000] [--json PATH] [--check]``
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
+from common import machine
 
 from savegame.savers import Checkpoint, KeyframePolicy, MemorySaver
 from savegame.savers.serde import Serializer
@@ -149,17 +147,6 @@ def checks(result: dict[str, Any], policy: KeyframePolicy) -> list[tuple[str, bo
     return out
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "date": dt.date.today().isoformat(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "zstandard": zstandard.__version__,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, nargs="+", default=[20, 200, 1000])
@@ -190,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['turns']:>5} turns: {name}: {'ok' if ok else 'MISSED'}")
             if not ok:
                 failed.append(f"{r['turns']} turns: {name}")
-    info = machine()
+    info = machine(zstandard=zstandard.__version__)
     print(f"measured {info['date']} on {info['platform']}, {info['cpus']} CPUs, "
           f"Python {info['python']}, zstandard {info['zstandard']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

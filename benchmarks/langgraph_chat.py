@@ -29,11 +29,8 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -41,23 +38,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import bson
 import mongomock
 import pymongo
+from common import Commands, bson_bytes, nx_server
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.mongodb import MongoDBSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
-from pymongo import monitoring
 from typing_extensions import TypedDict
 
 from savegame.adapters.langgraph import Checkpointer
 from savegame.savers import MongoSaver
 
 HERE = Path(__file__).resolve().parent
-HANDSHAKE = {"hello", "ismaster", "isMaster", "ping", "endSessions", "buildInfo",
-             "buildinfo", "listIndexes", "createIndexes"}
 OPS = ("get_tuple", "put", "put_writes", "list")
 
 
@@ -126,16 +120,6 @@ def shim_mongomock_bulk_sort() -> None:
     BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
 
 
-def stored_bson_bytes(db: Any) -> tuple[int, int]:
-    """(bytes, documents) over every collection of ``db``."""
-    total = docs = 0
-    for name in db.list_collection_names():
-        for doc in db[name].find({}):
-            total += len(bson.encode(doc))
-            docs += 1
-    return total, docs
-
-
 def savegame_checkpointer(client: Any, database: str) -> Checkpointer:
     return Checkpointer(MongoSaver(client, database=database))
 
@@ -162,7 +146,7 @@ def measure_mongomock(turns: int) -> dict[str, Any]:
         for name, factory in FACTORIES.items():
             client: Any = mongomock.MongoClient()
             cpu = run_chat(factory(client, "bench"), turns)
-            stored, docs = stored_bson_bytes(client["bench"])
+            stored, docs = bson_bytes(client["bench"])
             mean = statistics.fmean(cpu) * 1e3
             if name in out and out[name]["cpu_ms_per_turn"] <= mean:
                 continue
@@ -170,21 +154,6 @@ def measure_mongomock(turns: int) -> dict[str, Any]:
                          "cpu_ms_per_turn": mean,
                          "cpu_ms_last_tenth": statistics.fmean(cpu[-max(1, turns // 10):]) * 1e3}
     return out
-
-
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in HANDSHAKE:
-            self.names.append(event.command_name)
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
 
 
 def count_commands(checkpointer: Any, commands: Commands) -> dict[str, list[int]]:
@@ -215,38 +184,12 @@ def count_commands(checkpointer: Any, commands: Commands) -> dict[str, list[int]
     return per_op
 
 
-@contextmanager
-def nx_server() -> Iterator[str | None]:
-    exe = Path(sys.executable).with_name("nx-27017")
-    if not exe.exists():
-        yield None
-        return
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-        sock.close()
-        proc = subprocess.Popen(
-            [str(exe), "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
-             "--pid-file", f"{tmp}/nx.pid", "--log-file", f"{tmp}/nx.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
 def measure_commands(uri: str, turns: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, factory in FACTORIES.items():
         commands = Commands()
         client: Any = pymongo.MongoClient(uri, event_listeners=[commands])
-        for _ in range(100):
-            try:
-                client.admin.command("ping")
-                break
-            except pymongo.errors.PyMongoError:
-                time.sleep(0.1)
+        client.admin.command("ping")  # connected before the run (not counted: HANDSHAKE)
         database = f"cmd_{name.lower()}_{turns}"
         checkpointer = factory(client, database)
         per_op = count_commands(checkpointer, commands)

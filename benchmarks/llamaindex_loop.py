@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from common import bson_bytes
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StepState, StepStateChanged, StopEvent
 
@@ -131,13 +132,6 @@ def measure(job: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, float]:
     return out
 
 
-def bson_bytes(database: Any) -> int:
-    import bson
-
-    return sum(len(bson.encode(doc)) for name in database.list_collection_names()
-               for doc in database[name].find())
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=200)
@@ -183,10 +177,10 @@ def main() -> int:
             docs.insert_one({"thread_id": "loop", "step": i, "ctx": snapshot})
 
         recipe = measure(lambda: run_recipe(n, keep_bson))
-        row("mongomock", "full to_dict() BSON doc", bson_bytes(client["recipe"]), recipe)
+        row("mongomock", "full to_dict() BSON doc", bson_bytes(client["recipe"])[0], recipe)
         mongo_saver = MongoSaver(client, database="savegame")
         ours = measure(lambda: run_savegame(n, mongo_saver))
-        row("mongomock", "savegame MongoSaver", bson_bytes(client["savegame"]), ours)
+        row("mongomock", "savegame MongoSaver", bson_bytes(client["savegame"])[0], ours)
 
     print(f"LlamaIndex loop, {n} iterations of a ~400-character record, one checkpoint per step")
     header = ("backend", "method", "stored bytes", "bytes/step", "store ms/step",

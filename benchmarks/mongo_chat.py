@@ -14,12 +14,8 @@ Run: ``python benchmarks/mongo_chat.py [--turns 200] [--no-nx]``.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import bson
@@ -27,31 +23,10 @@ import mongomock
 import pymongo
 import zstandard
 from chat import chat_states
-from pymongo import monitoring
+from common import Commands, nx_server
 
 from savegame.savers import Checkpoint, MongoSaver
 from savegame.savers.serde import Serializer
-
-HANDSHAKE = {"hello", "ismaster", "isMaster", "ping", "endSessions"}
-
-
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in HANDSHAKE:
-            self.names.append(event.command_name)
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
-
-    def take(self) -> list[str]:
-        out, self.names = self.names, []
-        return out
 
 
 def measure(saver: MongoSaver, commands: Commands | None, turns: int) -> dict[str, Any]:
@@ -99,12 +74,6 @@ def measure(saver: MongoSaver, commands: Commands | None, turns: int) -> dict[st
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--turns", type=int, default=200)
@@ -113,28 +82,13 @@ def main() -> None:
     print("mongomock:", measure(MongoSaver(mongomock.MongoClient()), None, args.turns))
     if args.no_nx:
         return
-    exe = Path(sys.executable).with_name("nx-27017")
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        proc = subprocess.Popen(
-            [str(exe), "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
-             "--pid-file", f"{tmp}/nx.pid", "--log-file", f"{tmp}/nx.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            commands = Commands()
-            client: Any = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true",
-                                              event_listeners=[commands])
-            for _ in range(100):
-                try:
-                    client.admin.command("ping")
-                    break
-                except pymongo.errors.PyMongoError:
-                    time.sleep(0.1)
-            print("nx-27017: ", measure(MongoSaver(client), commands, args.turns))
-            client.close()
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with nx_server() as uri:
+        if uri is None:
+            sys.exit("nx-27017 is not installed next to this Python (or pass --no-nx)")
+        commands = Commands()
+        client: Any = pymongo.MongoClient(uri, event_listeners=[commands])
+        print("nx-27017: ", measure(MongoSaver(client), commands, args.turns))
+        client.close()
 
 
 if __name__ == "__main__":
