@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -78,3 +79,19 @@ def real_mongodb_uri() -> str:
     if not uri:
         pytest.skip("SAVEGAME_MONGODB_URI is not set: the real-MongoDB tier is skipped")
     return uri
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The test's one event loop (also the current one): every async call of a test runs on
+    it, since async MongoDB clients must stay on the loop they started on."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+

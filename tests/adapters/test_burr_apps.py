@@ -21,11 +21,6 @@ from burr.core.persistence import PersisterHook, PersisterHookAsync
 REPLY = "a fairly long assistant reply that repeats itself " * 3
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    yield from harness.event_loop()
-
-
 @pytest.fixture(params=harness.BACKENDS)
 def backend(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
             ) -> Iterator[harness.Backend]:

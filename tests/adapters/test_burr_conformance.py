@@ -29,11 +29,6 @@ from savegame.savers import ConflictError, MemorySaver
 FIELDS = {"partition_key", "app_id", "sequence_id", "position", "state", "created_at", "status"}
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    yield from harness.event_loop()
-
-
 @pytest.fixture(params=harness.BACKENDS)
 def backend(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
             ) -> Iterator[harness.Backend]:

@@ -108,17 +108,6 @@ class Backend:
                 saver.close()
 
 
-def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A test's one event loop (used as ``yield from`` in a fixture)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    yield loop
-    try:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def make_backend(request: pytest.FixtureRequest, name: str,

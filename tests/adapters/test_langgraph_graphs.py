@@ -32,11 +32,6 @@ from savegame.savers import MemorySaver
 STORAGES = ["memory", "mongomock", "nx_async"]
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    yield from support.event_loop()
-
-
 @pytest.fixture(params=STORAGES)
 def storage(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
             ) -> Iterator[support.Storage]:

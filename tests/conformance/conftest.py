@@ -60,18 +60,6 @@ def backend_versioned() -> Iterator[VersionedMemorySaver]:
     saver.close()
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The test's one event loop: every async call of a test runs on it."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    try:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
-
-
 @pytest.fixture(params=BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
