@@ -7,6 +7,15 @@ IO it needs. A backend implements only the primitives those calls name (``_read`
 ``_archive``, ``_versions``, ``_read_version``), as plain methods or as coroutines. The
 sync driver runs a flow against plain methods; the async driver awaits coroutine
 primitives, or runs blocking ones in a worker thread so the event loop never stalls.
+
+``_insert(stored, head)`` is the one conditional write. It returns ``None`` when it stored
+``stored``, the stored checkpoint when ``stored.id`` is already taken in that (thread,
+namespace), and :data:`HEAD_MOVED` when ``head`` is a str and, atomically with the write,
+the latest checkpoint of that (thread, namespace) is not ``head`` (``""``: the space is not
+empty); nothing is written then. ``head=None`` writes unconditionally. A put with
+``parent_id=None`` ("continue the latest") passes the latest it read, and on HEAD_MOVED
+reads again and retries, so concurrent writers of one thread never fork it by accident;
+a put naming its parent is a deliberate fork when that parent is not the latest.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from .checkpoint import Checkpoint, PendingWrite, Release, new_checkpoint_id
 from .errors import ConflictError, CorruptCheckpointError, SavegameError, SerializationError
 from .serde import Serializer
 
-__all__ = ["BaseSaver", "Call", "StoredCheckpoint", "StoredWrite"]
+__all__ = ["HEAD_MOVED", "BaseSaver", "Call", "StoredCheckpoint", "StoredWrite"]
 
 R = TypeVar("R")
 _MAX_INT64 = (1 << 63) - 1
@@ -81,6 +90,25 @@ class StoredWrite:
     channel: str
     task_path: str
     record: bytes
+
+
+class _HeadMoved:
+    """What ``_insert`` returns when its ``head`` condition failed (see BaseSaver)."""
+
+    _instance: ClassVar[_HeadMoved | None] = None
+
+    def __new__(cls) -> _HeadMoved:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "HEAD_MOVED"
+
+
+#: Returned by ``_insert(stored, head)`` when ``head`` is a str and the (thread, namespace)'s
+#: latest checkpoint is no longer that id (or, for ``""``, the space is no longer empty).
+HEAD_MOVED = _HeadMoved()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +224,9 @@ class BaseSaver:
     #: checkpoint having been deleted or replaced by another process meanwhile; in-memory
     #: savers, which no other process can change, trust their cache for as long as it holds.
     _trust_seconds: ClassVar[float] = 60.0
+    #: How many times a put with ``parent_id=None`` re-reads the latest and tries again when
+    #: another writer appended first (``_insert`` returned HEAD_MOVED), before ConflictError.
+    _head_retries: ClassVar[int] = 64
 
     def __init__(
         self,
@@ -464,16 +495,49 @@ class BaseSaver:
 
         # A re-put of an existing id needs no read first: the insert returns the stored
         # record on a duplicate id, and the comparison below makes it a no-op or a conflict.
-        known: _Known | None = None
-        if checkpoint.parent_id is None:  # the latest must be read: another writer may
-            parent = yield Call("_read_latest", (thread_id, namespace))  # have appended
+        for _attempt in range(self._head_retries + 1):
+            known: _Known | None = None
+            head: str | None = None  # the latest this put continues, when it continues one
+            if checkpoint.parent_id is None:  # the latest must be read: another writer may
+                parent = yield Call("_read_latest", (thread_id, namespace))  # have appended
+                head = parent.id if parent is not None else ""
+            else:
+                known = self._trusted((thread_id, namespace, checkpoint.parent_id))
+                parent = known.stored if known is not None else None
+                if parent is None:
+                    parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
+            if known is None:
+                known = self._known(parent)
+            stored, encoded = self._encode_child(checkpoint, metadata, raw, digest,
+                                                 parent, known)
+            existing = yield Call("_insert", (stored, head))
+            if existing is not HEAD_MOVED:
+                break
         else:
-            known = self._trusted((thread_id, namespace, checkpoint.parent_id))
-            parent = known.stored if known is not None else None
-            if parent is None:
-                parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
-        if known is None:
-            known = self._known(parent)
+            raise ConflictError(
+                f"thread {thread_id!r} (namespace {namespace!r}) kept advancing under "
+                f"{self._head_retries + 1} attempts to append to its latest checkpoint"
+            )
+        if existing is not None:  # the id was taken: a retry, a re-put, or a race
+            return self._same_or_conflict(existing, checkpoint, metadata, digest)
+        new_id = stored.id
+        anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
+        self._cache.put((thread_id, namespace, new_id),
+                        _Known(raw, encoded.header, anchor_id, stored, time.monotonic()))
+        return stored.to_checkpoint(checkpoint.state)
+
+    def _encode_child(
+        self,
+        checkpoint: Checkpoint,
+        metadata: dict[str, Any],
+        raw: bytes,
+        digest: bytes,
+        parent: StoredCheckpoint | None,
+        known: _Known | None,
+    ) -> tuple[StoredCheckpoint, codec.EncodedRecord]:
+        """The record of ``checkpoint`` as a child of ``parent`` (a delta when the parent's
+        state is at hand in ``known``)."""
+        thread_id, namespace = checkpoint.thread_id, checkpoint.namespace
         anchor = None
         if known is not None and parent is not None:
             anchor = known if known.anchor_id == parent.id else self._cache.get(
@@ -502,13 +566,7 @@ class BaseSaver:
             base_id=base_id,
             depth=encoded.header.depth,
         )
-        existing = yield Call("_insert", (stored,))
-        if existing is not None:  # the id was taken: a retry, a re-put, or a race
-            return self._same_or_conflict(existing, checkpoint, metadata, digest)
-        anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
-        self._cache.put((thread_id, namespace, new_id),
-                        _Known(raw, encoded.header, anchor_id, stored, time.monotonic()))
-        return stored.to_checkpoint(checkpoint.state)
+        return stored, encoded
 
     def _trusted(self, key: tuple[str, str, str]) -> _Known | None:
         """A cached state fresh enough to stand in for a read of its checkpoint."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BaseSaver, StoredCheckpoint, StoredWrite
+from .base import HEAD_MOVED, BaseSaver, StoredCheckpoint, StoredWrite
 
 __all__ = ["MemorySaver", "VersionedMemorySaver"]
 
@@ -75,13 +75,15 @@ class MemorySaver(BaseSaver):
                 return []
             return [space.items[i] for k in keyframe_ids for i in space.chains.get(k, ())]
 
-    def _insert(self, stored: StoredCheckpoint) -> StoredCheckpoint | None:
+    def _insert(self, stored: StoredCheckpoint, head: str | None = None) -> Any:
         with self._lock:
             spaces = self._threads.setdefault(stored.thread_id, {})
             space = spaces.setdefault(stored.namespace, _Space())
             existing = space.items.get(stored.id)
             if existing is not None:
                 return existing
+            if head is not None and (space.ids[-1] if space.ids else "") != head:
+                return HEAD_MOVED
             space.items[stored.id] = stored
             bisect.insort(space.ids, stored.id)
             space.chains.setdefault(stored.keyframe_id, []).append(stored.id)

@@ -296,7 +296,8 @@ class AsyncMongoSaver(BaseSaver):
                 await _resolve(cursor.close())
         return await self._complete(docs)
 
-    async def _insert(self, stored: StoredCheckpoint) -> StoredCheckpoint | None:
+    async def _insert(self, stored: StoredCheckpoint, head: str | None = None) -> Any:
+        # TODO(#11): enforce ``head`` atomically (compare-and-set); ignored for now.
         await self._ensure_setup()
         expire_at = None
         if self.ttl is not None:

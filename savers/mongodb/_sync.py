@@ -297,7 +297,8 @@ class MongoSaver(BaseSaver):
                 _resolve(cursor.close())
         return self._complete(docs)
 
-    def _insert(self, stored: StoredCheckpoint) -> StoredCheckpoint | None:
+    def _insert(self, stored: StoredCheckpoint, head: str | None = None) -> Any:
+        # TODO(#11): enforce ``head`` atomically (compare-and-set); ignored for now.
         self._ensure_setup()
         expire_at = None
         if self.ttl is not None:
