@@ -347,8 +347,9 @@ class _Common:
             _check_partition_key(partition_key)
             return None
         thread_id = self.thread_id(partition_key, app_id)
-        if sequence_id is None:
-            found = yield _Op("get", (thread_id,))
+        if sequence_id is None:  # the highest sequence id (not the last saved): the
+            items = yield _Op("list", (thread_id,), {"limit": 1})  # greatest checkpoint id
+            found = items[0] if items else None
         else:
             sequence_id = _check_sequence_id(sequence_id)
             # The greatest id below the next sequence id: the row, or its completion.

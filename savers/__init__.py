@@ -14,6 +14,7 @@ from .errors import (
     ConflictError,
     CorruptCheckpointError,
     MissingDependencyError,
+    ParentNotFoundError,
     SavegameError,
     SerializationError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "KeyframePolicy",
     "MemorySaver",
     "MissingDependencyError",
+    "ParentNotFoundError",
     "Release",
     "SavegameError",
     "SerializationError",

@@ -8,14 +8,18 @@ IO it needs. A backend implements only the primitives those calls name (``_read`
 sync driver runs a flow against plain methods; the async driver awaits coroutine
 primitives, or runs blocking ones in a worker thread so the event loop never stalls.
 
-``_insert(stored, head)`` is the one conditional write. It returns ``None`` when it stored
-``stored``, the stored checkpoint when ``stored.id`` is already taken in that (thread,
-namespace), and :data:`HEAD_MOVED` when ``head`` is a str and, atomically with the write,
-the latest checkpoint of that (thread, namespace) is not ``head`` (``""``: the space is not
-empty); nothing is written then. ``head=None`` writes unconditionally. A put with
-``parent_id=None`` ("continue the latest") passes the latest it read, and on HEAD_MOVED
-reads again and retries, so concurrent writers of one thread never fork it by accident;
-a put naming its parent is a deliberate fork when that parent is not the latest.
+``_insert(stored)`` is the one conditional write, atomic in every backend: it returns the
+stored checkpoint when ``stored.id`` is already taken in that (thread, namespace) and writes
+nothing; else :data:`HEAD_MOVED` when ``stored.seq`` is already taken there (another
+writer appended first) and writes nothing; else it stores ``stored`` and returns ``None``.
+``seq`` numbers the checkpoints of a (thread, namespace) in the order they were appended, and
+the *latest* checkpoint is the one with the highest ``seq``. A put takes the seq after the
+latest it knows, so a put with ``parent_id=None`` ("continue the latest") succeeds only if
+nobody appended since it read the latest: on HEAD_MOVED it reads the latest again and
+retries, and concurrent writers of one thread never fork it by accident. A put naming its
+parent is a deliberate fork when that parent is not the latest; it only retries for a free
+seq. Within one saver, puts to one (thread, namespace) take turns (a lock per thread), so
+retries only happen between processes or savers, with a jittered backoff.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import inspect
+import random
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -35,7 +40,13 @@ from typing import Any, ClassVar, TypeVar
 
 from . import codec
 from .checkpoint import Checkpoint, PendingWrite, Release, new_checkpoint_id
-from .errors import ConflictError, CorruptCheckpointError, SavegameError, SerializationError
+from .errors import (
+    ConflictError,
+    CorruptCheckpointError,
+    ParentNotFoundError,
+    SavegameError,
+    SerializationError,
+)
 from .serde import Serializer
 
 __all__ = ["HEAD_MOVED", "BaseSaver", "Call", "StoredCheckpoint", "StoredWrite"]
@@ -51,7 +62,9 @@ class StoredCheckpoint:
     ``keyframe_id`` labels the record's chain group (the keyframe that started it: every
     record a read of this one needs carries the same label), ``base_id`` is the record it
     is a delta against (``None`` for a keyframe), ``depth`` bounds the records a read
-    decodes. Backends store and return these values untouched.
+    decodes, ``seq`` is the checkpoint's position in its (thread, namespace)'s append order
+    (1, 2, ...; 0 for records of a layout that had none). Backends store and return these
+    values untouched.
     """
 
     thread_id: str
@@ -67,6 +80,7 @@ class StoredCheckpoint:
     keyframe_id: str
     base_id: str | None
     depth: int
+    seq: int = 0
 
     def to_checkpoint(self, state: Mapping[str, Any]) -> Checkpoint:
         return Checkpoint(
@@ -93,7 +107,7 @@ class StoredWrite:
 
 
 class _HeadMoved:
-    """What ``_insert`` returns when its ``head`` condition failed (see BaseSaver)."""
+    """What ``_insert`` returns when the seq it was given is taken (see the module doc)."""
 
     _instance: ClassVar[_HeadMoved | None] = None
 
@@ -106,8 +120,8 @@ class _HeadMoved:
         return "HEAD_MOVED"
 
 
-#: Returned by ``_insert(stored, head)`` when ``head`` is a str and the (thread, namespace)'s
-#: latest checkpoint is no longer that id (or, for ``""``, the space is no longer empty).
+#: Returned by ``_insert(stored)`` when another checkpoint of the (thread, namespace) already
+#: holds ``stored.seq``: another writer appended first.
 HEAD_MOVED = _HeadMoved()
 
 
@@ -124,6 +138,13 @@ class _Emit:
     """A value a listing flow hands to its consumer."""
 
     value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """A pause a flow asks its driver for (the backoff between put attempts)."""
+
+    seconds: float
 
 
 Flow = Generator[Any, Any, R]
@@ -206,6 +227,65 @@ class _RawCache:
             self._size = 0
 
 
+class _Turns:
+    """A lock per (thread, namespace), so one saver's puts to one thread take turns instead
+    of racing each other for the same seq: ``threading`` locks for threads, one asyncio
+    lock per event loop for tasks. Entries live only while someone holds or waits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[Any, list[Any]] = {}  # key -> [lock, holders and waiters]
+
+    def _enter(self, key: Any, make: Any) -> list[Any]:
+        with self._lock:
+            entry = self._held.get(key)
+            if entry is None:
+                entry = self._held[key] = [make(), 0]
+            entry[1] += 1
+            return entry
+
+    def _leave(self, key: Any, entry: list[Any]) -> None:
+        with self._lock:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._held[key]
+
+    @contextlib.contextmanager
+    def hold(self, space: tuple[str, str] | None) -> Iterator[None]:
+        if space is None:
+            yield
+            return
+        entry = self._enter(space, threading.Lock)
+        try:
+            with entry[0]:
+                yield
+        finally:
+            self._leave(space, entry)
+
+    @contextlib.asynccontextmanager
+    async def ahold(self, space: tuple[str, str] | None) -> AsyncIterator[None]:
+        if space is None:
+            yield
+            return
+        key = (id(asyncio.get_running_loop()), space)
+        entry = self._enter(key, asyncio.Lock)
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            self._leave(key, entry)
+
+
+def _space_of(checkpoint: object) -> tuple[str, str] | None:
+    """The (thread, namespace) a put writes to, when it is well-formed (the flow explains
+    what is wrong otherwise)."""
+    thread_id = getattr(checkpoint, "thread_id", None)
+    namespace = getattr(checkpoint, "namespace", None)
+    if isinstance(thread_id, str) and isinstance(namespace, str):
+        return thread_id, namespace
+    return None
+
+
 class BaseSaver:
     """Public methods of every saver, sync and async, over a few IO primitives.
 
@@ -224,9 +304,11 @@ class BaseSaver:
     #: checkpoint having been deleted or replaced by another process meanwhile; in-memory
     #: savers, which no other process can change, trust their cache for as long as it holds.
     _trust_seconds: ClassVar[float] = 60.0
-    #: How many times a put with ``parent_id=None`` re-reads the latest and tries again when
-    #: another writer appended first (``_insert`` returned HEAD_MOVED), before ConflictError.
+    #: How many times a put re-reads the latest and tries again when another writer appended
+    #: first (``_insert`` returned HEAD_MOVED), before ConflictError; the pause between
+    #: attempts grows from ``_backoff[0]`` to at most ``_backoff[1]`` seconds (jittered).
     _head_retries: ClassVar[int] = 64
+    _backoff: ClassVar[tuple[float, float]] = (0.001, 0.05)
 
     def __init__(
         self,
@@ -238,13 +320,19 @@ class BaseSaver:
         self.serializer = serializer if serializer is not None else Serializer()
         self.policy = policy if policy is not None else codec.KeyframePolicy()
         self._cache = _RawCache(cache_bytes)
+        self._turns = _Turns()
+        #: the highest seq seen per (thread, namespace): a put naming its parent takes the
+        #: next one without reading the latest first (HEAD_MOVED corrects a stale guess)
+        self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._heads_lock = threading.Lock()
 
     # -- public API, sync ------------------------------------------------------------
     def put(self, checkpoint: Checkpoint) -> Checkpoint:
         """Store ``checkpoint``; returns it with ``id``, ``step``, ``parent_id`` and
         ``created_at`` filled. Re-putting an id with the same content is a no-op; with other
         content it raises :class:`ConflictError`."""
-        return self._run(self._put_flow(checkpoint))
+        with self._turns.hold(_space_of(checkpoint)):
+            return self._run(self._put_flow(checkpoint))
 
     def get(
         self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
@@ -326,7 +414,8 @@ class BaseSaver:
 
     # -- public API, async -----------------------------------------------------------
     async def aput(self, checkpoint: Checkpoint) -> Checkpoint:
-        return await self._arun(self._put_flow(checkpoint))
+        async with self._turns.ahold(_space_of(checkpoint)):
+            return await self._arun(self._put_flow(checkpoint))
 
     async def aget(
         self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
@@ -441,7 +530,11 @@ class BaseSaver:
                     call = flow.send(value)
                 except StopIteration as stop:
                     return stop.value  # type: ignore[no-any-return]
-                value = self._call(call)
+                if isinstance(call, _Sleep):
+                    time.sleep(call.seconds)
+                    value = None
+                else:
+                    value = self._call(call)
 
     async def _arun(self, flow: Flow[R]) -> R:
         with self._guard():
@@ -451,7 +544,11 @@ class BaseSaver:
                     call = flow.send(value)
                 except StopIteration as stop:
                     return stop.value  # type: ignore[no-any-return]
-                value = await self._acall(call)
+                if isinstance(call, _Sleep):
+                    await asyncio.sleep(call.seconds)
+                    value = None
+                else:
+                    value = await self._acall(call)
 
     def _iterate(self, flow: Flow[None]) -> Iterator[Any]:
         value: Any = None
@@ -493,38 +590,77 @@ class BaseSaver:
         raw = self.serializer.dumps(checkpoint.state, root="state")  # before any IO
         digest = codec.raw_hash(raw)
 
+        space = (thread_id, namespace)
         # A re-put of an existing id needs no read first: the insert returns the stored
         # record on a duplicate id, and the comparison below makes it a no-op or a conflict.
-        for _attempt in range(self._head_retries + 1):
-            known: _Known | None = None
-            head: str | None = None  # the latest this put continues, when it continues one
-            if checkpoint.parent_id is None:  # the latest must be read: another writer may
-                parent = yield Call("_read_latest", (thread_id, namespace))  # have appended
-                head = parent.id if parent is not None else ""
-            else:
-                known = self._trusted((thread_id, namespace, checkpoint.parent_id))
-                parent = known.stored if known is not None else None
+        known: _Known | None = None
+        if checkpoint.parent_id is None:  # the latest must be read: another writer may
+            parent = yield Call("_read_latest", space)  # have appended
+            self._saw_head(space, parent)
+        else:
+            known = self._trusted((thread_id, namespace, checkpoint.parent_id))
+            parent = known.stored if known is not None else None
+            if parent is None:
+                parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
                 if parent is None:
-                    parent = yield Call("_read", (thread_id, namespace, checkpoint.parent_id))
-            if known is None:
-                known = self._known(parent)
-            stored, encoded = self._encode_child(checkpoint, metadata, raw, digest,
-                                                 parent, known)
-            existing = yield Call("_insert", (stored, head))
+                    raise self._no_parent(checkpoint)
+        seq = max(parent.seq if parent is not None else 0, self._heads.get(space, 0)) + 1
+        encoded_against: object = self  # the parent the current encoding was made against
+        for attempt in range(self._head_retries + 1):
+            if parent is not encoded_against:  # ids and deltas depend on the parent
+                known = known if known is not None else self._known(parent)
+                stored, encoded = self._encode_child(checkpoint, metadata, raw, digest,
+                                                     parent, known)
+                encoded_against = parent
+            stored = dataclasses.replace(stored, seq=seq)
+            existing = yield Call("_insert", (stored,))
             if existing is not HEAD_MOVED:
                 break
+            # Another writer appended first: pause (jittered, growing), read the latest
+            # again and take the seq after it; "continue the latest" continues the new one,
+            # a named parent must still exist.
+            low, high = self._backoff
+            yield _Sleep(random.uniform(0, min(high, low * 2 ** min(attempt, 16))))
+            latest = yield Call("_read_latest", space)
+            self._saw_head(space, latest)
+            seq = (latest.seq if latest is not None else 0) + 1
+            if checkpoint.parent_id is None:
+                if (latest.id if latest else None) != (parent.id if parent else None):
+                    parent, known = latest, None
+            elif (yield Call("_read", (thread_id, namespace, checkpoint.parent_id))) is None:
+                raise self._no_parent(checkpoint)
         else:
             raise ConflictError(
                 f"thread {thread_id!r} (namespace {namespace!r}) kept advancing under "
-                f"{self._head_retries + 1} attempts to append to its latest checkpoint"
+                f"{self._head_retries + 1} attempts to append to it"
             )
         if existing is not None:  # the id was taken: a retry, a re-put, or a race
             return self._same_or_conflict(existing, checkpoint, metadata, digest)
+        self._saw_head(space, stored)
         new_id = stored.id
         anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
         self._cache.put((thread_id, namespace, new_id),
                         _Known(raw, encoded.header, anchor_id, stored, time.monotonic()))
         return stored.to_checkpoint(checkpoint.state)
+
+    @staticmethod
+    def _no_parent(checkpoint: Checkpoint) -> ParentNotFoundError:
+        return ParentNotFoundError(
+            f"parent checkpoint {checkpoint.parent_id!r} does not exist in thread "
+            f"{checkpoint.thread_id!r} (namespace {checkpoint.namespace!r}); put with "
+            "parent_id=None to continue the latest checkpoint"
+        )
+
+    def _saw_head(self, space: tuple[str, str], latest: StoredCheckpoint | None) -> None:
+        """Remember the highest seq seen in ``space`` (bounded: the 4096 newest spaces)."""
+        with self._heads_lock:
+            if latest is None:
+                self._heads.pop(space, None)
+            elif latest.seq >= self._heads.get(space, 0):
+                self._heads[space] = latest.seq
+                self._heads.move_to_end(space)
+                while len(self._heads) > 4096:
+                    self._heads.popitem(last=False)
 
     def _encode_child(
         self,
@@ -542,10 +678,11 @@ class BaseSaver:
         if known is not None and parent is not None:
             anchor = known if known.anchor_id == parent.id else self._cache.get(
                 (thread_id, namespace, known.anchor_id))
-        encoded = codec.encode(raw, known.base if known else None,
-                               anchor.base if anchor else None, self.policy, digest)
         new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id(
             parent.id if parent is not None else None)
+        encoded = codec.encode(raw, known.base if known else None,
+                               anchor.base if anchor else None, self.policy, digest,
+                               codec.location(thread_id, namespace, new_id))
         base_id: str | None = None
         if encoded.base == codec.DELTA and parent is not None:
             base_id = parent.id
@@ -698,9 +835,11 @@ class BaseSaver:
             if not isinstance(write.channel, str) or not isinstance(write.task_path, str):
                 raise TypeError(f"writes[{position}].channel and .task_path must be str")
             raw = self.serializer.dumps({"value": write.value}, root=f"writes[{position}]")
-            record = codec.encode(raw, policy=self.policy).data  # before any IO
-            stored.append(StoredWrite(thread_id, namespace, checkpoint_id, write.task_id,
-                                      write.index, write.channel, write.task_path, record))
+            item = StoredWrite(thread_id, namespace, checkpoint_id, write.task_id,
+                               write.index, write.channel, write.task_path, b"")
+            record = codec.encode(raw, policy=self.policy,  # before any IO
+                                  where=_write_location(item)).data
+            stored.append(dataclasses.replace(item, record=record))
         if stored:
             yield Call("_insert_writes", (stored, replace))
 
@@ -728,7 +867,7 @@ class BaseSaver:
         where = dict(thread_id=item.thread_id, namespace=item.namespace,
                      checkpoint_id=item.checkpoint_id)
         try:
-            (raw,) = codec.decode_path([item.record])
+            (raw,) = codec.decode_path([item.record], where=[_write_location(item)])
         except codec.RecordError as exc:
             raise CorruptCheckpointError(
                 f"cannot decode pending write ({item.task_id!r}, {item.index}): {exc}", **where
@@ -765,10 +904,21 @@ class BaseSaver:
         if source == target:
             raise ValueError("copy_thread needs two different thread ids")
         checkpoints, writes = yield Call("_read_thread", (source,))
+        # Copies keep their append order; into a namespace that already holds other
+        # checkpoints they go after its latest (a re-run of a copy finds its own there).
+        offsets: dict[str, int] = {}
+        for namespace in sorted({item.namespace for item in checkpoints}):
+            latest = yield Call("_read_latest", (target, namespace))
+            ours = latest is not None and any(
+                item.id == latest.id for item in checkpoints if item.namespace == namespace)
+            offsets[namespace] = 0 if latest is None or ours else latest.seq
         yield Call("_copy_in", (
-            [_with_thread(item, target) for item in checkpoints],
-            [_with_thread(item, target) for item in writes],
+            [_moved(dataclasses.replace(item, thread_id=target,
+                                        seq=item.seq + offsets[item.namespace]), item)
+             for item in checkpoints],
+            [_moved(dataclasses.replace(item, thread_id=target), item) for item in writes],
         ))
+        self._cache.drop_thread(target)
 
     def _delete_checkpoints_flow(
         self, thread_id: str, checkpoint_ids: Sequence[str], namespace: str
@@ -790,7 +940,8 @@ class BaseSaver:
             # surviving (already rewritten) ancestor on the parent chain, or as a keyframe.
             raw = self._decode(item, lookup, {})
             base = self._surviving_base(item, lookup, doomed)
-            encoded = codec.encode(raw, base[1].base if base else None, None, self.policy)
+            encoded = codec.encode(raw, base[1].base if base else None, None, self.policy,
+                                   where=_location(item))
             delta = encoded.base == codec.DELTA and base is not None
             # The chain-group label (keyframe_id) stays: children not yet rewritten are
             # still fetched with this record if the deletion stops halfway.
@@ -816,7 +967,7 @@ class BaseSaver:
             parent = lookup.get(current.base_id)
             if parent is None:
                 return False
-            current = parent
+            current = _step_back(item, current, parent)
         return False
 
     def _surviving_base(
@@ -857,7 +1008,7 @@ class BaseSaver:
     # -- decoding --------------------------------------------------------------------
     def _header(self, stored: StoredCheckpoint) -> codec.RecordHeader:
         try:
-            return codec.read_header(stored.record)
+            return codec.read_header(stored.record, 0, _location(stored))
         except codec.RecordError as exc:
             raise _corrupt(stored, str(exc)) from None
 
@@ -875,7 +1026,7 @@ class BaseSaver:
                 if parent is None:
                     missing.add(item.keyframe_id)
                     break
-                current = parent
+                current = _step_back(item, current, parent)
         return missing
 
     def _decode(
@@ -911,13 +1062,14 @@ class BaseSaver:
                 raise _corrupt(
                     target, f"the base record {current.base_id!r} of {current.id!r} is missing"
                 )
-            path.append(parent)
-            current = parent
+            current = _step_back(target, current, parent)
+            path.append(current)
         path.reverse()
         if base is not None and path[0].depth <= base.header.depth:
             raise _corrupt(target, "record chain depth is inconsistent")
         try:
-            raws = codec.decode_path([p.record for p in path], base.base if base else None)
+            raws = codec.decode_path([p.record for p in path], base.base if base else None,
+                                     [_location(p) for p in path])
         except codec.RecordError as exc:
             failed = path[min(exc.position, len(path) - 1)]
             detail = f"record {failed.id!r}: {exc}" if failed is not target else str(exc)
@@ -983,8 +1135,42 @@ _S = TypeVar("_S", bound=BaseSaver)
 _Item = TypeVar("_Item", StoredCheckpoint, StoredWrite)
 
 
-def _with_thread(item: _Item, thread_id: str) -> _Item:
-    return dataclasses.replace(item, thread_id=thread_id)
+def _location(stored: StoredCheckpoint) -> bytes:
+    """Where a checkpoint's record is bound to sit (see ``codec.location``)."""
+    return codec.location(stored.thread_id, stored.namespace, stored.id)
+
+
+def _write_location(write: StoredWrite) -> bytes:
+    return codec.location(write.thread_id, write.namespace, write.checkpoint_id,
+                          write.task_id, str(write.index))
+
+
+def _moved(item: _Item, source: _Item) -> _Item:
+    """``item`` (a copy of ``source`` at another place) with its record bound to its place."""
+    where = _location if isinstance(item, StoredCheckpoint) else _write_location
+    try:
+        record = codec.rebind(item.record, where(source), where(item))
+    except codec.RecordError as exc:
+        if isinstance(source, StoredCheckpoint):
+            raise _corrupt(source, str(exc)) from None
+        raise CorruptCheckpointError(
+            f"cannot copy pending write ({source.task_id!r}, {source.index}): {exc}",
+            thread_id=source.thread_id, namespace=source.namespace,
+            checkpoint_id=source.checkpoint_id,
+        ) from None
+    return dataclasses.replace(item, record=record)
+
+
+def _step_back(
+    target: StoredCheckpoint, current: StoredCheckpoint, base: StoredCheckpoint
+) -> StoredCheckpoint:
+    """One step from ``current`` to its base record on ``target``'s decode path. Depth falls
+    strictly toward the keyframe, so every walk ends within ``target.depth`` steps, even
+    over stored records that name themselves or each other as bases."""
+    if base.depth >= current.depth:
+        raise _corrupt(target, f"record {current.id!r} names base {base.id!r}, which is not "
+                               "shallower: the record chain loops or is damaged")
+    return base
 
 
 def _corrupt(stored: StoredCheckpoint, message: str) -> CorruptCheckpointError:
@@ -1000,22 +1186,38 @@ def _now() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+#: The longest id (thread, namespace, checkpoint, node, task) a saver accepts, in characters.
+MAX_ID_LENGTH = 16_384
+
+
 def _check_ids(thread_id: object, namespace: object) -> None:
-    if not isinstance(thread_id, str):
-        raise TypeError(f"thread_id must be a str, got {type(thread_id).__qualname__}")
-    if not thread_id:
-        raise ValueError("thread_id must not be empty")
-    if not isinstance(namespace, str):
-        raise TypeError(f"namespace must be a str, got {type(namespace).__qualname__}")
+    _check_id("thread_id", thread_id)
+    _check_id("namespace", namespace, allow_empty=True)
 
 
 def _check_optional_id(name: str, value: object, *, allow_empty: bool = False) -> None:
-    if value is None:
-        return
+    if value is not None:
+        _check_id(name, value, allow_empty=allow_empty)
+
+
+def _check_id(name: str, value: object, *, allow_empty: bool = False) -> None:
+    """Ids are text every store keeps exactly: no NUL (C strings and SQLite-backed servers
+    cut there), valid Unicode (no lone surrogates, which UTF-8 cannot hold), bounded length."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str or None, got {type(value).__qualname__}")
+        raise TypeError(f"{name} must be a str, got {type(value).__qualname__}")
     if not value and not allow_empty:
         raise ValueError(f"{name} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{name} is {len(value)} characters long; ids may have at most "
+                         f"{MAX_ID_LENGTH}")
+    if "\x00" in value:
+        raise ValueError(f"{name} {value[:80]!r} holds a NUL character, which stores cannot "
+                         "keep exactly")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} {value[:80]!r} is not valid Unicode (a lone surrogate); "
+                         "ids must encode as UTF-8") from None
 
 
 def _check_metadata(metadata: object) -> dict[str, Any]:

@@ -21,8 +21,10 @@ Layout (big-endian)::
     | [deltas only: base_hash 8s] | chain_bytes u32 | keyframe_ratio u16 | crc32 u32 | frame
 
 ``raw_hash`` is BLAKE2b-64 of the serialized state; a delta's ``base_hash`` must equal its
-base's ``raw_hash``. ``crc32`` covers header and frame; the frame carries zstd's content
-checksum, so decoding against a wrong base fails loudly instead of returning plausible
+base's ``raw_hash``. ``crc32`` covers the record's *location* (format 2: the thread,
+namespace and checkpoint id it was written for, see :func:`location`), header and frame, so
+a valid record copied onto another checkpoint fails its checksum; the frame carries zstd's
+content checksum, so decoding against a wrong base fails loudly instead of returning plausible
 bytes. ``run`` counts plain deltas since the anchor, ``chain_bytes`` the delta payload
 bytes a read of this record fetches, ``keyframe_ratio`` the keyframe's compressed/raw size
 (in 1/65535): the policy's inputs.
@@ -52,11 +54,14 @@ __all__ = [
     "UnsupportedFormatError",
     "decode_path",
     "encode",
+    "location",
     "raw_hash",
     "read_header",
+    "rebind",
 ]
 
-FORMAT_VERSION = 1
+#: 1: the checksum covers header and frame; 2: also the record's location.
+FORMAT_VERSION = 2
 KEYFRAME, DELTA, ANCHOR = 0, 1, 2  # DELTA: base is the parent; ANCHOR: base is an anchor
 
 _MAGIC = b"SG"
@@ -168,6 +173,16 @@ class KeyframePolicy:
         return base.chain_bytes + delta_len <= self.max_chain_ratio * keyframe_estimate
 
 
+def location(*parts: str) -> bytes:
+    """The bytes a record's checksum binds it to: its thread, namespace and checkpoint id
+    (or a pending write's), each length-prefixed UTF-8."""
+    out = bytearray()
+    for part in parts:
+        data = part.encode("utf-8")
+        out += len(data).to_bytes(4, "big") + data
+    return bytes(out)
+
+
 def raw_hash(raw: bytes) -> bytes:
     """BLAKE2b-64 of serialized state: identifies a base and fingerprints content."""
     return hashlib.blake2b(raw, digest_size=8).digest()
@@ -215,12 +230,12 @@ def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
 
 
 def _pack(kind: int, depth: int, run: int, raw: bytes, digest: bytes, base_hash: bytes | None,
-          chain_bytes: int, keyframe_ratio: int, frame: bytes) -> EncodedRecord:
+          chain_bytes: int, keyframe_ratio: int, frame: bytes, where: bytes) -> EncodedRecord:
     head = _PREFIX.pack(_MAGIC, FORMAT_VERSION, kind, depth, run, len(raw), digest)
     if base_hash is not None:
         head += _BASE.pack(base_hash)
     body = struct.pack(">IH", min(chain_bytes, 0xFFFFFFFF), keyframe_ratio)
-    crc = zlib.crc32(frame, zlib.crc32(head + body))
+    crc = zlib.crc32(frame, zlib.crc32(head + body, zlib.crc32(where)))
     data = b"".join((head, body, _CRC.pack(crc), frame))
     header = RecordHeader(kind, depth, run, len(raw), digest, base_hash, chain_bytes,
                           keyframe_ratio, len(data) - len(frame))
@@ -233,10 +248,12 @@ def encode(
     anchor: Base | None = None,
     policy: KeyframePolicy = KeyframePolicy(),
     digest: bytes | None = None,
+    where: bytes = b"",
 ) -> EncodedRecord:
     """Encode serialized state against ``parent`` (plain delta) or ``anchor`` (the anchor
     behind the parent) when the policy allows, else as a keyframe. ``digest`` is
-    ``raw_hash(raw)`` if the caller already has it."""
+    ``raw_hash(raw)`` if the caller already has it; ``where`` is the record's
+    :func:`location`, which reading it must name again."""
     if len(raw) > 0xFFFFFFFF:
         raise ValueError("a serialized state must be under 4 GiB")
     digest = digest if digest is not None else raw_hash(raw)
@@ -250,14 +267,15 @@ def encode(
         if policy.keeps(base.header, len(raw), len(frame)):
             head = base.header
             return _pack(kind, head.depth + 1, run, raw, digest, head.raw_hash,
-                         head.chain_bytes + len(frame), head.keyframe_ratio, frame)
+                         head.chain_bytes + len(frame), head.keyframe_ratio, frame, where)
     frame = _compress(raw, None, policy.level)
     ratio = min(0xFFFF, max(1, round(len(frame) / max(1, len(raw)) * 0xFFFF)))
-    return _pack(KEYFRAME, 1, 0, raw, digest, None, 0, ratio, frame)
+    return _pack(KEYFRAME, 1, 0, raw, digest, None, 0, ratio, frame, where)
 
 
-def read_header(data: bytes, position: int = 0) -> RecordHeader:
-    """Parse and verify a record's header and checksum (the frame is not decompressed)."""
+def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHeader:
+    """Parse and verify a record's header and checksum (the frame is not decompressed);
+    ``where`` is the :func:`location` the record is read from."""
     if len(data) < _PREFIX.size + _TAIL.size or data[:2] != _MAGIC:
         raise RecordError("not a savegame record (bad magic or truncated)", position)
     _, version, kind, depth, run, raw_len, digest = _PREFIX.unpack_from(data)
@@ -278,19 +296,39 @@ def read_header(data: bytes, position: int = 0) -> RecordHeader:
         offset += _BASE.size
     chain_bytes, ratio, crc = _TAIL.unpack_from(data, offset)
     size = offset + _TAIL.size
-    if zlib.crc32(data[size:], zlib.crc32(data[: size - _CRC.size])) != crc:
-        raise RecordError("record checksum mismatch (stored bytes were altered)", position)
+    if _crc(data, size, where if version >= 2 else b"") != crc:
+        raise RecordError("record checksum mismatch (the stored bytes were altered, or the "
+                          "record was moved here from another checkpoint)", position)
     return RecordHeader(kind, depth, run, raw_len, digest, base_hash, chain_bytes, ratio, size)
 
 
-def decode_path(records: Sequence[bytes], base: Base | None = None) -> list[bytes]:
+def _crc(data: bytes, header_size: int, where: bytes) -> int:
+    view = memoryview(data)
+    return zlib.crc32(view[header_size:],
+                      zlib.crc32(view[: header_size - _CRC.size], zlib.crc32(where)))
+
+
+def rebind(data: bytes, old: bytes, new: bytes) -> bytes:
+    """The record ``data`` (verified at location ``old``) bound to location ``new``: what
+    copying a thread does, without re-encoding anything."""
+    header = read_header(data, 0, old)
+    if data[2] < 2 or old == new:  # format 1 records are bound to no location
+        return data
+    crc = _crc(data, header.size, new)
+    return b"".join((data[: header.size - _CRC.size], _CRC.pack(crc), data[header.size:]))
+
+
+def decode_path(
+    records: Sequence[bytes], base: Base | None = None, where: Sequence[bytes] | None = None
+) -> list[bytes]:
     """Decode records that each are a delta against the one before, the first a keyframe
-    or a delta against ``base`` (already decoded bytes and header). Returns the serialized
-    state of every record; raises :class:`RecordError` naming the failing position."""
+    or a delta against ``base`` (already decoded bytes and header); ``where`` holds each
+    record's :func:`location`. Returns the serialized state of every record; raises
+    :class:`RecordError` naming the failing position."""
     out: list[bytes] = []
     previous: RecordHeader | None = None if base is None else base.header
     for position, data in enumerate(records):
-        header = read_header(data, position)
+        header = read_header(data, position, where[position] if where else b"")
         if previous is None:
             if not header.is_keyframe:
                 raise RecordError("delta record without its base (chain is cut)", position)

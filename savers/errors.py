@@ -6,6 +6,7 @@ __all__ = [
     "ConflictError",
     "CorruptCheckpointError",
     "MissingDependencyError",
+    "ParentNotFoundError",
     "SavegameError",
     "SerializationError",
 ]
@@ -30,6 +31,10 @@ class SerializationError(SavegameError, TypeError):
 
 class ConflictError(SavegameError):
     """A checkpoint id was put again with different content."""
+
+
+class ParentNotFoundError(SavegameError, LookupError):
+    """A put named a parent checkpoint that does not exist (never stored, or deleted)."""
 
 
 class CorruptCheckpointError(SavegameError):

@@ -16,11 +16,14 @@ __all__ = ["MemorySaver", "VersionedMemorySaver"]
 
 @dataclass
 class _Space:
-    """The checkpoints of one (thread, namespace), with ids kept sorted (newest last)."""
+    """The checkpoints of one (thread, namespace), with ids kept sorted (newest last) and
+    the id of each seq (the latest is the highest seq)."""
 
     ids: list[str] = field(default_factory=list)
     items: dict[str, StoredCheckpoint] = field(default_factory=dict)
     chains: dict[str, list[str]] = field(default_factory=dict)
+    seqs: dict[int, str] = field(default_factory=dict)
+    head: str | None = None
     # checkpoint id -> (task_id, index) -> write
     writes: dict[str, dict[tuple[str, int], StoredWrite]] = field(default_factory=dict)
 
@@ -64,7 +67,7 @@ class MemorySaver(BaseSaver):
     def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
         with self._lock:
             space = self._space(thread_id, namespace)
-            return None if space is None or not space.ids else space.items[space.ids[-1]]
+            return None if space is None or space.head is None else space.items[space.head]
 
     def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
@@ -75,18 +78,21 @@ class MemorySaver(BaseSaver):
                 return []
             return [space.items[i] for k in keyframe_ids for i in space.chains.get(k, ())]
 
-    def _insert(self, stored: StoredCheckpoint, head: str | None = None) -> Any:
+    def _insert(self, stored: StoredCheckpoint) -> Any:
         with self._lock:
             spaces = self._threads.setdefault(stored.thread_id, {})
             space = spaces.setdefault(stored.namespace, _Space())
             existing = space.items.get(stored.id)
             if existing is not None:
                 return existing
-            if head is not None and (space.ids[-1] if space.ids else "") != head:
+            if stored.seq in space.seqs:
                 return HEAD_MOVED
             space.items[stored.id] = stored
+            space.seqs[stored.seq] = stored.id
             bisect.insort(space.ids, stored.id)
             space.chains.setdefault(stored.keyframe_id, []).append(stored.id)
+            if space.head is None or stored.seq > space.items[space.head].seq:
+                space.head = stored.id
             return None
 
     def _list(
@@ -181,10 +187,13 @@ class MemorySaver(BaseSaver):
                 if item is None:
                     continue
                 space.ids.remove(checkpoint_id)
+                del space.seqs[item.seq]
                 members = space.chains[item.keyframe_id]
                 members.remove(checkpoint_id)
                 if not members:
                     del space.chains[item.keyframe_id]
+            if space.head not in space.items:
+                space.head = space.seqs[max(space.seqs)] if space.seqs else None
 
     def _take_thread(self, thread_id: str) -> list[StoredCheckpoint]:
         spaces = self._threads.pop(thread_id, {})

@@ -36,6 +36,11 @@ _DATETIME, _DATE, _TIME, _TIMEDELTA = 5, 6, 7, 8
 _UUID, _DECIMAL, _ENUM, _OBJECT, _BYTEARRAY, _PICKLE = 9, 10, 11, 12, 13, 14
 
 _NATIVE = (type(None), bool, int, float, str, bytes, list, dict)
+#: The deepest nesting of containers (dicts, lists, tuples, sets, registered objects) a
+#: state may have. Deeper (or cyclic) values are refused with a SerializationError naming
+#: the path; the limit keeps packing far below Python's and msgpack's recursion limits.
+MAX_DEPTH = 200
+_CONTAINERS = (dict, list, tuple, set, frozenset)
 _VALUE_TYPES: tuple[type, ...] = (
     dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, Decimal, bytearray,
 )
@@ -269,11 +274,11 @@ class Serializer:
             state = dict(state)
         try:
             return self._pack(state)
-        except (_NotSerializable, OverflowError, ValueError, TypeError) as exc:
+        except (_NotSerializable, OverflowError, ValueError, TypeError, RecursionError) as exc:
             raise self._explain(state, root, exc) from None
 
     def _pack(self, obj: Any) -> bytes:
-        if _holds_bytearray(obj):
+        if type(obj) in _SCANNED and _scan(obj):
             obj = _tag_bytearrays(obj)
         return cast(bytes, msgpack.packb(obj, default=self._default, strict_types=True,
                                          use_bin_type=True))
@@ -322,7 +327,10 @@ class Serializer:
 
     def _explain(self, state: Any, root: str, exc: BaseException) -> SerializationError:
         """Find the key path of the first value we cannot write (slow; error path only)."""
-        for path, value in self._walk(state, root):
+        for path, value, problem in self._walk(state, root):
+            if problem is not None:
+                return SerializationError(f"cannot serialize {path}: {problem}", path=path,
+                                          type_name=type(value).__qualname__)
             reason = self._refusal(value)
             if reason is not None:
                 name = f"{type(value).__module__}.{type(value).__qualname__}"
@@ -347,24 +355,40 @@ class Serializer:
             return None
         return "unregistered type"
 
-    def _walk(self, value: Any, path: str) -> Iterator[tuple[str, Any]]:
-        yield path, value
-        cls = type(value)
-        if cls is dict:
-            for key, item in value.items():
-                yield path + f"[{key!r}]", key
-                yield from self._walk(item, f"{path}[{key!r}]")
-        elif cls in (list, tuple):
-            for index, item in enumerate(value):
-                yield from self._walk(item, f"{path}[{index}]")
-        elif cls in (set, frozenset):
-            for item in value:
-                yield from self._walk(item, f"{path}{{{item!r}}}")
-        else:
-            entry = self.registry.entry_for(cls)
-            if entry is not None and not isinstance(value, enum.Enum):
-                for name, item in entry.unstructure(value).items():
-                    yield from self._walk(item, f"{path}.{name}")
+    def _walk(self, value: Any, path: str) -> Iterator[tuple[str, Any, str | None]]:
+        """Every value under ``value`` with its key path, depth first, and a problem with
+        its place when there is one: a container holding itself (a cycle) or nesting
+        deeper than :data:`MAX_DEPTH`. Iterative, so any depth is safe to walk."""
+        stack: list[tuple[str, Any, int, tuple[int, ...]]] = [(path, value, 0, ())]
+        while stack:
+            path, value, depth, ancestors = stack.pop()
+            cls = type(value)
+            entry = None if cls in _CONTAINERS else self.registry.entry_for(cls)
+            nested = cls in _CONTAINERS or (entry is not None and not isinstance(value,
+                                                                                enum.Enum))
+            if nested and id(value) in ancestors:
+                yield path, value, "the value contains itself (a reference cycle)"
+                return
+            if nested and depth >= MAX_DEPTH:
+                yield path, value, f"nested deeper than {MAX_DEPTH} levels"
+                return
+            yield path, value, None
+            if not nested:
+                continue
+            inner = (*ancestors, id(value))
+            children: list[tuple[str, Any]] = []
+            if cls is dict:
+                for key, item in value.items():
+                    children.append((path + f"[{key!r}]", key))
+                    children.append((f"{path}[{key!r}]", item))
+            elif cls in (list, tuple):
+                children = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+            elif cls in (set, frozenset):
+                children = [(f"{path}{{{item!r}}}", item) for item in value]
+            elif entry is not None:
+                children = [(f"{path}.{name}", item)
+                            for name, item in entry.unstructure(value).items()]
+            stack.extend((p, v, depth + 1, inner) for p, v in reversed(children))
 
     # -- reading ---------------------------------------------------------------------
     def loads(self, data: bytes) -> Any:
@@ -424,22 +448,33 @@ class Serializer:
         raise SerializationError(f"unknown extension tag {code} in stored data")
 
 
-def _holds_bytearray(obj: Any) -> bool:
+_SCANNED = (dict, list, tuple, set, frozenset, bytearray)
+
+
+def _scan(obj: Any) -> bool:
     """Does a bytearray hide among these dicts and lists? msgpack packs bytearray as plain
     binary even with ``strict_types`` (it would load back as bytes), so it must be tagged
-    before packing. Tuples, sets and registered objects are packed by their own ``_pack``
-    call, which checks them in turn."""
-    stack = [obj]
+    before packing (tuples, sets and registered objects are packed by their own ``_pack``
+    call, which tags theirs). Also the guard on shape: nesting past :data:`MAX_DEPTH`
+    (registered objects count from their own fields) raises ValueError, and each
+    container is looked at once, so a cycle ends the scan (msgpack then refuses it)."""
+    found = False
+    stack = [(obj, 0)]
+    seen: set[int] = set()
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         kind = type(item)
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is bytearray:
-            return True
-    return False
+        if kind is bytearray:
+            found = True
+            continue
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        values = item.values() if kind is dict else item
+        stack.extend((value, depth + 1) for value in values if type(value) in _SCANNED)
+    return found
 
 
 def _tag_bytearrays(obj: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -63,6 +63,19 @@ class Tamper:
         result = self.run(self.collection.delete_one(self._key(thread_id, namespace,
                                                                checkpoint_id)))
         assert result.deleted_count == 1
+
+    #: StoredCheckpoint field -> document field
+    FIELDS: ClassVar[dict[str, str]] = {"base_id": "base", "depth": "depth", "record": "rec",
+                                        "keyframe_id": "kf"}
+
+    def alter(self, thread_id: str, namespace: str, checkpoint_id: str, **fields: Any) -> None:
+        key = self._key(thread_id, namespace, checkpoint_id)
+        doc = self.run(self.collection.find_one(key))
+        assert doc is not None, "no such record"
+        for name, value in fields.items():
+            doc[self.FIELDS[name]] = value
+        self.run(self.collection.delete_one(key))
+        self.run(self.collection.insert_one(doc))
 
 
 # -- mongomock gaps ---------------------------------------------------------------------

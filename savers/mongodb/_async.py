@@ -7,6 +7,7 @@ document layout, filters and indexes live in ``_shared.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import inspect
 import threading
@@ -24,7 +25,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from ..base import BaseSaver, StoredCheckpoint, StoredWrite
+from ..base import HEAD_MOVED, BaseSaver, StoredCheckpoint, StoredWrite
 from . import _shared as sh
 
 __all__ = ["AsyncMongoSaver"]
@@ -56,7 +57,8 @@ class AsyncMongoSaver(BaseSaver):
     until first used, then creates its indexes once (``asetup`` does it explicitly).
 
     - ``database``, ``prefix``: where the collections live (``<prefix>checkpoints``,
-      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``, ``<prefix>writes``);
+      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``, ``<prefix>writes``,
+      ``<prefix>meta``);
     - ``write_concern``: a ``pymongo.WriteConcern`` for every write (default: the client's);
     - ``ttl`` (seconds or timedelta): a delta chain is deleted by a TTL index once its newest
       checkpoint is older than ``ttl``; a keyframe never expires before a delta that needs it;
@@ -110,7 +112,10 @@ class AsyncMongoSaver(BaseSaver):
         self._archive_coll = db.get_collection(self.names.archive, **extra)
         self._releases = db.get_collection(self.names.releases, **extra)
         self._writes = db.get_collection(self.names.writes, **extra)
+        self._meta = db.get_collection(self.names.meta, **extra)
         self._ready = False
+        #: A store created before layout 2 (documents without ``seq``): see ``_shared``.
+        self._legacy = False
         #: Does the server run the one-command latest read ($graphLookup)? None: not yet
         #: known; the first failure that is not about size turns it off for this saver.
         self._chain_stage: bool | None = None
@@ -149,6 +154,14 @@ class AsyncMongoSaver(BaseSaver):
         if self.ttl is not None:
             attr, keys, index_options = sh.TTL_INDEX
             await self._collection(attr).create_index(keys, **index_options)
+        layout = await self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
+        if layout is None and await self._checkpoints.find_one({}, {"_id": 1}) is None:
+            with contextlib.suppress(DuplicateKeyError):  # a new store starts at this layout
+                await self._meta.insert_one({"_id": sh.LAYOUT_DOC_ID,
+                                             "version": sh.LAYOUT_VERSION})
+            layout = await self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
+        sh.check_store_layout(layout)
+        self._legacy = layout is None or int(layout["version"]) < 2
         self._ready = True
         await self.acollect_orphans()
 
@@ -199,7 +212,7 @@ class AsyncMongoSaver(BaseSaver):
     def _collection(self, name: str) -> Any:
         return {"checkpoints": self._checkpoints, "chunks": self._chunks,
                 "archive": self._archive_coll, "releases": self._releases,
-                "writes": self._writes}[name]
+                "writes": self._writes, "meta": self._meta}[name]
 
     async def _ensure_setup(self) -> None:
         if not self._ready:
@@ -231,8 +244,8 @@ class AsyncMongoSaver(BaseSaver):
 
     async def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
         await self._ensure_setup()
-        doc = await self._checkpoints.find_one(sh.space(thread_id, namespace),
-                                               sort=[("cid", -1)])
+        doc = await self._checkpoints.find_one(
+            sh.latest_query(thread_id, namespace, self._legacy), sort=sh.LATEST_ORDER)
         return None if doc is None else (await self._complete([doc]))[0]
 
     async def _read_latest_chain(
@@ -244,7 +257,8 @@ class AsyncMongoSaver(BaseSaver):
         the head alone is returned and the core reads its chain as a second command."""
         await self._ensure_setup()
         if self._chain_stage is not False:
-            pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace)
+            pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace,
+                                                self._legacy, self.policy.max_chain)
             try:
                 cursor = await _resolve(self._checkpoints.aggregate(pipeline))
                 docs = [doc async for doc in cursor]
@@ -296,8 +310,7 @@ class AsyncMongoSaver(BaseSaver):
                 await _resolve(cursor.close())
         return await self._complete(docs)
 
-    async def _insert(self, stored: StoredCheckpoint, head: str | None = None) -> Any:
-        # TODO(#11): enforce ``head`` atomically (compare-and-set); ignored for now.
+    async def _insert(self, stored: StoredCheckpoint) -> Any:
         await self._ensure_setup()
         expire_at = None
         if self.ttl is not None:
@@ -308,13 +321,13 @@ class AsyncMongoSaver(BaseSaver):
         try:
             await self._with_retries(self._checkpoints.insert_one, doc)
         except DuplicateKeyError:
+            # Its id is taken (a retry, a re-put, a race) or its seq is (someone appended
+            # first: the unique (thread_id, ns, seq) index). The stored id tells which.
             if chunks:
                 await self._chunks.delete_many({"thread_id": stored.thread_id,
                                                 "token": sh.chunk_token(doc)})
             existing = await self._read(stored.thread_id, stored.namespace, stored.id)
-            if existing is None:
-                raise
-            return existing
+            return HEAD_MOVED if existing is None else existing
         if self.ttl is not None and stored.base_id is not None:
             await self._extend_chain(stored)
         if self.keep_last is not None and stored.base_id is None:

@@ -24,6 +24,17 @@ Collections (names get the saver's ``prefix``):
 ``writes``
     pending writes (``put_writes``): ``{_id: hash(thread, ns, cid, task, idx), thread_id,
     ns, cid, task, idx, channel, path, rec}``, indexed on (thread_id, ns, cid).
+``meta``
+    one document ``{_id: "layout", version}``: the layout the store was created with.
+    A store created before layout 2 (whose documents have no ``seq``) has none and is read
+    in *legacy* mode: its latest checkpoint is found by (seq, cid) order.
+
+Concurrency: ``seq`` numbers the checkpoints of a (thread, namespace) in append order, and
+a unique index on (thread_id, ns, seq) makes an insert that takes a seq someone else took
+fail (DuplicateKeyError): the compare-and-set that keeps two writers from both appending to
+the same latest checkpoint (see ``savers/base.py``). The index is partial (documents with
+a ``seq``), so legacy documents need none; it has ``thread_id`` as its prefix, which a
+unique index on a sharded collection needs: shard on ``{thread_id: 1}`` (ranged).
 
 Checkpoint document::
 
@@ -37,6 +48,8 @@ Checkpoint document::
     kf         str           keyframe id: the root of the record's decode chain
     base       str?          the record this one is a delta against (absent: keyframe)
     depth      int           records a read decodes
+    seq        int           append order within (thread_id, ns); the latest is the
+                             highest (absent in legacy documents)
     step       int
     node, next str?          node_id, next_node_id
     meta       object        metadata as BSON fields: ``list(metadata=...)`` filters on
@@ -77,14 +90,14 @@ __all__ = [
     "to_doc",
 ]
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 #: Records longer than this are split into chunk documents of at most this size, which
 #: keeps every document under MongoDB's 16 MiB limit with room for the envelope.
 CHUNK_BYTES = 15 << 20
 
 #: Fields never needed to list or decode a checkpoint (none so far); kept for projections.
 HEAD_FIELDS = (
-    "thread_id", "ns", "cid", "parent", "kf", "base", "depth", "step", "node", "next",
+    "thread_id", "ns", "cid", "parent", "kf", "base", "depth", "seq", "step", "node", "next",
     "meta", "ts", "rec", "chunks", "fmt",
 )
 
@@ -101,18 +114,19 @@ class Collections:
     chunks: str
     archive: str
     releases: str
-
     writes: str
+    meta: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Collections:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__qualname__}")
         return cls(prefix + "checkpoints", prefix + "chunks", prefix + "archive",
-                   prefix + "releases", prefix + "writes")
+                   prefix + "releases", prefix + "writes", prefix + "meta")
 
     def all(self) -> tuple[str, ...]:
-        return (self.checkpoints, self.chunks, self.archive, self.releases, self.writes)
+        return (self.checkpoints, self.chunks, self.archive, self.releases, self.writes,
+                self.meta)
 
 
 def _hash(*parts: str | int) -> str:
@@ -158,6 +172,7 @@ def to_doc(
         "cid": stored.id,
         "kf": stored.keyframe_id,
         "depth": stored.depth,
+        "seq": stored.seq,
         "step": stored.step,
         "ts": stored.created_at,
     }
@@ -240,6 +255,19 @@ def _utc(value: Any) -> dt.datetime:
     return value.astimezone(dt.timezone.utc)
 
 
+LAYOUT_DOC_ID = "layout"
+
+
+def check_store_layout(doc: Mapping[str, Any] | None) -> None:
+    """Refuse a store whose ``meta`` layout document names a newer layout."""
+    version = 1 if doc is None else doc.get("version")
+    if not isinstance(version, int) or version > LAYOUT_VERSION:
+        raise UnsupportedLayoutError(
+            f"this store was created with document layout {version!r}; this savegame "
+            f"reads layout {LAYOUT_VERSION} and older: upgrade savegame to use it"
+        )
+
+
 def check_layout(doc: Mapping[str, Any]) -> None:
     version = doc.get("fmt", 1)
     if not isinstance(version, int) or version > LAYOUT_VERSION:
@@ -269,6 +297,7 @@ def from_doc(doc: Mapping[str, Any], record: bytes | None = None) -> StoredCheck
         keyframe_id=doc["kf"],
         base_id=doc.get("base"),
         depth=int(doc["depth"]),
+        seq=int(doc.get("seq", 0)),
     )
 
 
@@ -399,17 +428,34 @@ def chains_filter(thread_id: str, namespace: str, keyframe_ids: Iterable[str]) -
     return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": sorted(set(keyframe_ids))}}
 
 
-def latest_chain_pipeline(collection: str, thread_id: str, namespace: str) -> list[Any]:
+def latest_query(thread_id: str, namespace: str, legacy: bool) -> dict[str, Any]:
+    """Filter of the latest-checkpoint read (sort: :data:`LATEST_ORDER`). Naming ``seq``
+    lets the partial unique index on (thread_id, ns, seq) serve it; a legacy store also
+    holds documents without one."""
+    query = space(thread_id, namespace)
+    if not legacy:
+        query["seq"] = {"$exists": True}
+    return query
+
+
+#: The order whose first document is the latest checkpoint.
+LATEST_ORDER = [("seq", -1), ("cid", -1)]
+
+
+def latest_chain_pipeline(
+    collection: str, thread_id: str, namespace: str, legacy: bool, max_depth: int
+) -> list[Any]:
     """The latest checkpoint of a thread and namespace with its decode path under ``path``:
-    the records its ``base`` links lead to, found within the same thread and namespace
-    (index ``thread_ns_cid`` serves both the head and each hop)."""
+    the records its ``base`` links lead to, found within the same thread and namespace,
+    at most ``max_depth`` hops (a damaged chain that loops cannot make the server walk
+    further; a longer path comes back short and the reader fetches the rest)."""
     return [
-        {"$match": space(thread_id, namespace)},
-        {"$sort": {"cid": -1}},
+        {"$match": latest_query(thread_id, namespace, legacy)},
+        {"$sort": dict(LATEST_ORDER)},
         {"$limit": 1},
         {"$graphLookup": {
             "from": collection, "startWith": "$base", "connectFromField": "base",
-            "connectToField": "cid", "as": "path",
+            "connectToField": "cid", "as": "path", "maxDepth": max(0, max_depth - 1),
             "restrictSearchWithMatch": space(thread_id, namespace),
         }},
     ]
@@ -433,6 +479,9 @@ def tokens_of(docs: Iterable[Mapping[str, Any]]) -> list[str]:
 INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("checkpoints", [("thread_id", 1), ("ns", 1), ("cid", -1)], {"name": "thread_ns_cid"}),
     ("checkpoints", [("thread_id", 1), ("ns", 1), ("kf", 1)], {"name": "thread_ns_kf"}),
+    ("checkpoints", [("thread_id", 1), ("ns", 1), ("seq", -1)],
+     {"name": "thread_ns_seq", "unique": True,
+      "partialFilterExpression": {"seq": {"$exists": True}}}),
     ("chunks", [("thread_id", 1), ("token", 1), ("i", 1)], {"name": "thread_token_i"}),
     ("chunks", [("ts", 1)], {"name": "ts"}),
     ("archive", [("thread_id", 1), ("version", 1), ("ns", 1), ("cid", -1)],

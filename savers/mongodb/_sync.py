@@ -8,6 +8,7 @@ document layout, filters and indexes live in ``_shared.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import inspect
 import threading
@@ -25,7 +26,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from ..base import BaseSaver, StoredCheckpoint, StoredWrite
+from ..base import HEAD_MOVED, BaseSaver, StoredCheckpoint, StoredWrite
 from . import _shared as sh
 
 __all__ = ["MongoSaver"]
@@ -57,7 +58,8 @@ class MongoSaver(BaseSaver):
     until first used, then creates its indexes once (``setup`` does it explicitly).
 
     - ``database``, ``prefix``: where the collections live (``<prefix>checkpoints``,
-      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``, ``<prefix>writes``);
+      ``<prefix>chunks``, ``<prefix>archive``, ``<prefix>releases``, ``<prefix>writes``,
+      ``<prefix>meta``);
     - ``write_concern``: a ``pymongo.WriteConcern`` for every write (default: the client's);
     - ``ttl`` (seconds or timedelta): a delta chain is deleted by a TTL index once its newest
       checkpoint is older than ``ttl``; a keyframe never expires before a delta that needs it;
@@ -111,7 +113,10 @@ class MongoSaver(BaseSaver):
         self._archive_coll = db.get_collection(self.names.archive, **extra)
         self._releases = db.get_collection(self.names.releases, **extra)
         self._writes = db.get_collection(self.names.writes, **extra)
+        self._meta = db.get_collection(self.names.meta, **extra)
         self._ready = False
+        #: A store created before layout 2 (documents without ``seq``): see ``_shared``.
+        self._legacy = False
         #: Does the server run the one-command latest read ($graphLookup)? None: not yet
         #: known; the first failure that is not about size turns it off for this saver.
         self._chain_stage: bool | None = None
@@ -150,6 +155,14 @@ class MongoSaver(BaseSaver):
         if self.ttl is not None:
             attr, keys, index_options = sh.TTL_INDEX
             self._collection(attr).create_index(keys, **index_options)
+        layout = self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
+        if layout is None and self._checkpoints.find_one({}, {"_id": 1}) is None:
+            with contextlib.suppress(DuplicateKeyError):  # a new store starts at this layout
+                self._meta.insert_one({"_id": sh.LAYOUT_DOC_ID,
+                                             "version": sh.LAYOUT_VERSION})
+            layout = self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
+        sh.check_store_layout(layout)
+        self._legacy = layout is None or int(layout["version"]) < 2
         self._ready = True
         self.collect_orphans()
 
@@ -200,7 +213,7 @@ class MongoSaver(BaseSaver):
     def _collection(self, name: str) -> Any:
         return {"checkpoints": self._checkpoints, "chunks": self._chunks,
                 "archive": self._archive_coll, "releases": self._releases,
-                "writes": self._writes}[name]
+                "writes": self._writes, "meta": self._meta}[name]
 
     def _ensure_setup(self) -> None:
         if not self._ready:
@@ -232,8 +245,8 @@ class MongoSaver(BaseSaver):
 
     def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
         self._ensure_setup()
-        doc = self._checkpoints.find_one(sh.space(thread_id, namespace),
-                                               sort=[("cid", -1)])
+        doc = self._checkpoints.find_one(
+            sh.latest_query(thread_id, namespace, self._legacy), sort=sh.LATEST_ORDER)
         return None if doc is None else (self._complete([doc]))[0]
 
     def _read_latest_chain(
@@ -245,7 +258,8 @@ class MongoSaver(BaseSaver):
         the head alone is returned and the core reads its chain as a second command."""
         self._ensure_setup()
         if self._chain_stage is not False:
-            pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace)
+            pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace,
+                                                self._legacy, self.policy.max_chain)
             try:
                 cursor = _resolve(self._checkpoints.aggregate(pipeline))
                 docs = [doc for doc in cursor]
@@ -297,8 +311,7 @@ class MongoSaver(BaseSaver):
                 _resolve(cursor.close())
         return self._complete(docs)
 
-    def _insert(self, stored: StoredCheckpoint, head: str | None = None) -> Any:
-        # TODO(#11): enforce ``head`` atomically (compare-and-set); ignored for now.
+    def _insert(self, stored: StoredCheckpoint) -> Any:
         self._ensure_setup()
         expire_at = None
         if self.ttl is not None:
@@ -309,13 +322,13 @@ class MongoSaver(BaseSaver):
         try:
             self._with_retries(self._checkpoints.insert_one, doc)
         except DuplicateKeyError:
+            # Its id is taken (a retry, a re-put, a race) or its seq is (someone appended
+            # first: the unique (thread_id, ns, seq) index). The stored id tells which.
             if chunks:
                 self._chunks.delete_many({"thread_id": stored.thread_id,
                                                 "token": sh.chunk_token(doc)})
             existing = self._read(stored.thread_id, stored.namespace, stored.id)
-            if existing is None:
-                raise
-            return existing
+            return HEAD_MOVED if existing is None else existing
         if self.ttl is not None and stored.base_id is not None:
             self._extend_chain(stored)
         if self.keep_last is not None and stored.base_id is None:

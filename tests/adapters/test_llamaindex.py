@@ -244,9 +244,9 @@ def test_sync_mongo_saver_io_runs_off_the_event_loop(mongo: tuple[str, str]) -> 
     class SlowMongoSaver(MongoSaver):
         """A MongoSaver on a slow network: every insert takes 0.5 s more."""
 
-        def _insert(self, stored: Any, head: Any = None) -> Any:
+        def _insert(self, stored: Any) -> Any:
             time.sleep(0.5)
-            return super()._insert(stored, head)
+            return super()._insert(stored)
 
     uri, database = mongo
     saver = SlowMongoSaver(mongo_harness.sync_client(uri), database=database)

@@ -10,9 +10,13 @@ Extension point for new backends (MongoDB and others):
   API mode and the thread-based tests are then skipped for it, visibly);
 - add the name to ``VERSIONED`` if ``release`` archives runs as versions 1, 2, ...;
 - add a fixture ``tamper_<name>`` returning an object with ``corrupt(thread_id, namespace,
-  checkpoint_id)`` (flip a byte of the stored record) and ``remove(thread_id, namespace,
-  checkpoint_id)`` (delete the stored record), used by the corruption tests (they are
-  skipped for a backend without one).
+  checkpoint_id)`` (flip a byte of the stored record), ``remove(thread_id, namespace,
+  checkpoint_id)`` (delete the stored record) and ``alter(thread_id, namespace,
+  checkpoint_id, **fields)`` (overwrite stored fields: ``base_id``, ``depth``, ``record``),
+  used by the corruption tests (they are skipped for a backend without one);
+- add a fixture ``sibling_<name>`` returning a second saver over the same storage (as
+  another process would open it), used by the tests of writers racing across savers
+  (skipped for a backend without one: in-memory stores are private to their saver).
 """
 
 from __future__ import annotations
@@ -196,11 +200,18 @@ class MemoryTamper:
         record[len(record) // 2] ^= 0x40
         space.items[checkpoint_id] = dataclasses.replace(stored, record=bytes(record))
 
+    def alter(self, thread_id: str, namespace: str, checkpoint_id: str, **fields: Any) -> None:
+        space = self.saver._threads[thread_id][namespace]
+        space.items[checkpoint_id] = dataclasses.replace(space.items[checkpoint_id], **fields)
+
     def remove(self, thread_id: str, namespace: str, checkpoint_id: str) -> None:
         space = self.saver._threads[thread_id][namespace]
         stored = space.items.pop(checkpoint_id)
         space.ids.remove(checkpoint_id)
         space.chains[stored.keyframe_id].remove(checkpoint_id)
+        del space.seqs[stored.seq]
+        if space.head == checkpoint_id:
+            space.head = space.seqs[max(space.seqs)] if space.seqs else None
 
 
 @pytest.fixture
@@ -215,11 +226,20 @@ def tamper_versioned(backend_versioned: VersionedMemorySaver) -> MemoryTamper:
 
 @pytest.fixture
 def tamper(request: pytest.FixtureRequest, backend_name: str, saver: BaseSaver) -> Any:
-    """``corrupt`` / ``remove`` a stored record of the test's saver."""
+    """``corrupt`` / ``remove`` / ``alter`` a stored record of the test's saver."""
     try:
         return request.getfixturevalue("tamper_" + backend_name)
     except pytest.FixtureLookupError:
         pytest.skip(f"no tamper_{backend_name} fixture: cannot alter its stored records")
+
+
+@pytest.fixture
+def sibling(request: pytest.FixtureRequest, backend_name: str, saver: BaseSaver) -> Any:
+    """A second saver over the test saver's storage (another process's view of it)."""
+    try:
+        return request.getfixturevalue("sibling_" + backend_name)
+    except pytest.FixtureLookupError:
+        pytest.skip(f"no sibling_{backend_name} fixture: its storage is private to a saver")
 
 
 # -- MongoDB: mongomock, mongomock-motor, nx-27017 (real driver) and a real server -------
@@ -298,3 +318,39 @@ def tamper_async_mongo_real(
     real_mongodb_uri: str, backend_async_mongo_real: Any
 ) -> mongo_harness.Tamper:
     return mongo_harness.server_tamper(real_mongodb_uri, backend_async_mongo_real)
+
+
+def _sibling_of(saver: Any) -> Any:
+    """A saver of the same class over the same client, database and collections."""
+    return type(saver)(saver.client, database=saver._checkpoints.database.name,
+                       prefix=saver.names.checkpoints[: -len("checkpoints")])
+
+
+@pytest.fixture
+def sibling_mongo_mongomock(backend_mongo_mongomock: Any) -> Any:
+    return _sibling_of(backend_mongo_mongomock)
+
+
+@pytest.fixture
+def sibling_async_mongo_mongomock_motor(backend_async_mongo_mongomock_motor: Any) -> Any:
+    return _sibling_of(backend_async_mongo_mongomock_motor)
+
+
+@pytest.fixture
+def sibling_mongo_nx(backend_mongo_nx: Any) -> Any:
+    return _sibling_of(backend_mongo_nx)
+
+
+@pytest.fixture
+def sibling_async_mongo_nx(backend_async_mongo_nx: Any) -> Any:
+    return _sibling_of(backend_async_mongo_nx)
+
+
+@pytest.fixture
+def sibling_mongo_real(backend_mongo_real: Any) -> Any:
+    return _sibling_of(backend_mongo_real)
+
+
+@pytest.fixture
+def sibling_async_mongo_real(backend_async_mongo_real: Any) -> Any:
+    return _sibling_of(backend_async_mongo_real)

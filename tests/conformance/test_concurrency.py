@@ -1,5 +1,6 @@
-"""Many writers on one saver, with OS threads and with asyncio tasks: nothing is lost or
-duplicated, every state stays exact."""
+"""Many writers on one saver (and on two savers over one store), with OS threads and with
+asyncio tasks: nothing is lost or duplicated, every state stays exact, and writers that
+continue a shared thread never fork it: its history stays one line."""
 
 from __future__ import annotations
 
@@ -67,6 +68,22 @@ def check(saver, run, shared: bool, results: list[list[Checkpoint]]) -> None:
             latest = get(thread_of(False, w))
             assert latest.state["i"] == PUTS - 1
             assert latest.step == PUTS - 1
+    else:
+        assert_one_line(list_all("shared"), get("shared"))
+
+
+def assert_one_line(items: list[Checkpoint], latest: Checkpoint) -> None:
+    """No accidental root or fork: one root, every checkpoint the parent of at most one
+    other, and the latest is the end of the line."""
+    roots = [c for c in items if c.parent_id is None]
+    assert len(roots) == 1, f"{len(roots)} roots"
+    children: dict[str, int] = {}
+    for c in items:
+        if c.parent_id is not None:
+            children[c.parent_id] = children.get(c.parent_id, 0) + 1
+    forks = {parent: n for parent, n in children.items() if n > 1}
+    assert not forks, f"{len(forks)} fork points"
+    assert latest.step == len(items) - 1 and latest.id not in children
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-thread", "shared-thread"])
@@ -127,3 +144,55 @@ def test_tasks_mixed_reads_and_writes(api, loop):
     loop.run_until_complete(main())
     assert len(api.list("mixed")) == 200
     assert len(api.list("mixed", metadata={"w": 3})) == 50
+
+
+def test_two_savers_on_one_store_keep_one_line(saver, sibling, loop, backend_name):
+    """Writers on two savers over one store (as two processes would) continue one thread
+    without forking it: every put wins the compare-and-set on the thread's latest."""
+    from conftest import ASYNC_ONLY
+
+    savers = [saver, sibling]
+    puts = 60
+    if backend_name in ASYNC_ONLY:
+        async def writer(w: int) -> list[Checkpoint]:
+            own = savers[w % 2]
+            return [await own.aput(Checkpoint("shared", state_of(w, i))) for i in range(puts)]
+
+        async def main() -> list[list[Checkpoint]]:
+            return list(await asyncio.gather(*(writer(w) for w in range(4))))
+
+        results = loop.run_until_complete(main())
+
+        async def collect() -> list[Checkpoint]:
+            return [c async for c in saver.alist("shared")]
+
+        listed = loop.run_until_complete(collect())
+        latest = loop.run_until_complete(sibling.aget("shared"))
+    else:
+        def sync_writer(w: int) -> list[Checkpoint]:
+            own = savers[w % 2]
+            return [own.put(Checkpoint("shared", state_of(w, i))) for i in range(puts)]
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(sync_writer, range(4)))
+        listed = list(saver.list("shared"))
+        latest = sibling.get("shared")
+    written = {c.id for puts_ in results for c in puts_}
+    assert len(written) == 4 * puts and {c.id for c in listed} == written
+    assert_one_line(listed, latest)
+
+
+def test_a_stale_writer_continues_the_latest(api, sibling, backend_name):
+    """A saver that last saw an older checkpoint still appends to the newest one."""
+    first = api.put(Checkpoint("t", {"n": 1}))
+    if api.mode == "sync":
+        assert sibling.get("t").id == first.id
+        second = sibling.put(Checkpoint("t", {"n": 2}))
+    else:
+        assert api.run(sibling.aget("t")).id == first.id
+        second = api.run(sibling.aput(Checkpoint("t", {"n": 2})))
+    third = api.put(Checkpoint("t", {"n": 3}))
+    assert third.parent_id == second.id and third.step == 2
+    # an explicit older parent is a deliberate fork, and still allowed
+    fork = api.put(Checkpoint("t", {"n": 4}, parent_id=first.id))
+    assert fork.step == 1 and api.get("t").id == fork.id

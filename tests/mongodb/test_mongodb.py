@@ -588,10 +588,40 @@ def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
 def test_newer_layout_is_refused_clearly() -> None:
     saver = mongo_harness.mongomock_saver()
     saver.put(Checkpoint("t", {"n": 1}))
-    saver._checkpoints.update_many({}, {"$set": {"fmt": 2}})
+    saver._checkpoints.update_many({}, {"$set": {"fmt": 3}})
     saver._cache.clear()
-    with pytest.raises(UnsupportedLayoutError, match=r"layout 2.*upgrade savegame"):
+    with pytest.raises(UnsupportedLayoutError, match=r"layout 3.*upgrade savegame"):
         saver.get("t")
+
+
+def test_a_store_of_a_newer_layout_is_refused_clearly() -> None:
+    saver = mongo_harness.mongomock_saver()
+    saver.put(Checkpoint("t", {"n": 1}))
+    saver._meta.update_one({"_id": "layout"}, {"$set": {"version": 9}})
+    other = MongoSaver(saver.client, database=mongo_harness.DATABASE)
+    with pytest.raises(UnsupportedLayoutError, match=r"layout 9.*upgrade savegame"):
+        other.get("t")
+
+
+def test_a_store_written_by_layout_1_reads_and_grows(nx_saver: MongoSaver) -> None:
+    """Layout 1 (savegame <= 0.1.0) had no ``seq`` and no ``meta`` collection: its latest
+    checkpoint is the highest id. A saver over such a store reads it and appends to it."""
+    first = nx_saver.put(Checkpoint("t", {"n": 1}))
+    second = nx_saver.put(Checkpoint("t", {"n": 2}))
+    nx_saver.put(Checkpoint("u", {"n": 1}))
+    nx_saver._checkpoints.update_many({}, {"$unset": {"seq": ""}})
+    nx_saver._meta.delete_many({})
+    old = MongoSaver(nx_saver.client, database=mongo_harness.DATABASE,
+                     prefix=nx_saver.names.checkpoints[: -len("checkpoints")])
+    latest = old.get("t")
+    assert latest is not None and latest.id == second.id and latest.state == {"n": 2}
+    assert old._legacy
+    third = old.put(Checkpoint("t", {"n": 3}))
+    assert third.parent_id == second.id and third.step == 2
+    assert old.get("t").id == third.id
+    assert [c.id for c in old.list("t")] == [third.id, second.id, first.id]
+    fork = old.put(Checkpoint("t", {"n": 4}, parent_id=first.id))
+    assert old.get("t").id == fork.id
 
 
 # -- storage figures -------------------------------------------------------------------
@@ -641,6 +671,10 @@ def test_two_processes_lose_nothing_and_conflicts_are_explicit(nx_uri: str) -> N
         for c in listed:  # the tree is intact: every parent exists, steps follow
             if c.parent_id is not None:
                 assert by_id[c.parent_id].step + 1 == c.step
+        # and it is one line: neither process forked it (issue #11)
+        roots = [c for c in listed if c.parent_id is None]
+        parents = [c.parent_id for c in listed if c.parent_id is not None]
+        assert len(roots) == 1 and len(parents) == len(set(parents))
         with pytest.raises(ConflictError):
             saver.put(Checkpoint("shared", {"same": False}, id="fixed-id"))
     finally:
