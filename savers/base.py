@@ -11,7 +11,9 @@ primitives, or runs blocking ones in a worker thread so the event loop never sta
 ``_insert(stored)`` is the one conditional write, atomic in every backend: it returns the
 stored checkpoint when ``stored.id`` is already taken in that (thread, namespace) and writes
 nothing; else :data:`HEAD_MOVED` when ``stored.seq`` is already taken there (another
-writer appended first) and writes nothing; else it stores ``stored`` and returns ``None``.
+writer appended first), or when ``stored.parent_id`` names a checkpoint that is no longer
+there (the thread was deleted meanwhile), and writes nothing; else it stores ``stored`` and
+returns ``None``. (MongoDB cannot check the parent in the same atomic step; see its docs.)
 ``seq`` numbers the checkpoints of a (thread, namespace) in the order they were appended, and
 the *latest* checkpoint is the one with the highest ``seq``. A put takes the seq after the
 latest it knows, so a put with ``parent_id=None`` ("continue the latest") succeeds only if

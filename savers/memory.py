@@ -85,15 +85,20 @@ class MemorySaver(BaseSaver):
             existing = space.items.get(stored.id)
             if existing is not None:
                 return existing
-            if stored.seq in space.seqs:
+            if stored.seq in space.seqs or (stored.parent_id is not None
+                                            and stored.parent_id not in space.items):
                 return HEAD_MOVED
+            self._store(space, stored)
+            return None
+
+    def _store(self, space: _Space, stored: StoredCheckpoint) -> None:
+        with self._lock:
             space.items[stored.id] = stored
             space.seqs[stored.seq] = stored.id
             bisect.insort(space.ids, stored.id)
             space.chains.setdefault(stored.keyframe_id, []).append(stored.id)
             if space.head is None or stored.seq > space.items[space.head].seq:
                 space.head = stored.id
-            return None
 
     def _list(
         self,
@@ -161,8 +166,11 @@ class MemorySaver(BaseSaver):
         self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite]
     ) -> None:
         with self._lock:
-            for item in checkpoints:
-                self._insert(item)
+            for item in checkpoints:  # parents may come after their children
+                space = self._threads.setdefault(item.thread_id, {}).setdefault(
+                    item.namespace, _Space())
+                if item.id not in space.items and item.seq not in space.seqs:
+                    self._store(space, item)
             self._insert_writes(writes, False)
 
     def _replace(self, stored: StoredCheckpoint) -> None:

@@ -47,6 +47,10 @@ _MONGO = ["mongo_mongomock", "async_mongo_mongomock_motor", "mongo_nx", "async_m
 BACKENDS += _MONGO
 ASYNC_ONLY |= {name for name in _MONGO if name.startswith("async_")}
 VERSIONED |= set(_MONGO)
+#: Backends whose insert cannot check, in the same atomic step, that the parent still
+#: exists: a delete_thread racing a writer may leave a checkpoint with a deleted parent
+#: there (MongoDB without transactions; documented in the README).
+PARENT_CHECK_NOT_ATOMIC: set[str] = set(_MONGO)
 
 
 # -- backends ------------------------------------------------------------------------

@@ -196,3 +196,36 @@ def test_a_stale_writer_continues_the_latest(api, sibling, backend_name):
     # an explicit older parent is a deliberate fork, and still allowed
     fork = api.put(Checkpoint("t", {"n": 4}, parent_id=first.id))
     assert fork.step == 1 and api.get("t").id == fork.id
+
+
+def test_delete_thread_racing_writers_leaves_a_consistent_thread(saver, sync_ok, backend_name):
+    """Writers continue a thread while another caller deletes it again and again: at the
+    end the thread is gone or every checkpoint's parent exists (no chain hangs off a
+    deleted parent)."""
+    from conftest import PARENT_CHECK_NOT_ATOMIC
+
+    if backend_name in PARENT_CHECK_NOT_ATOMIC:
+        pytest.skip(f"{backend_name}: the insert cannot check its parent atomically")
+    stop = False
+
+    def writer(w: int) -> int:
+        done = 0
+        while not stop:
+            saver.put(Checkpoint("raced", state_of(w, done)))
+            done += 1
+        return done
+
+    def deleter() -> None:
+        for _ in range(30):
+            saver.delete_thread("raced")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        writers = [pool.submit(writer, w) for w in range(3)]
+        pool.submit(deleter).result()
+        stop = True
+        assert all(f.result() > 0 for f in writers)
+    items = {c.id: c for c in saver.list("raced")}
+    for item in items.values():
+        assert item.parent_id is None or item.parent_id in items, "dangling parent"
+    if items:
+        assert_one_line(list(items.values()), saver.get("raced"))
