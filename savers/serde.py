@@ -40,6 +40,11 @@ _NATIVE = (type(None), bool, int, float, str, bytes, list, dict)
 #: state may have. Deeper (or cyclic) values are refused with a SerializationError naming
 #: the path; the limit keeps packing far below Python's and msgpack's recursion limits.
 MAX_DEPTH = 200
+#: The deepest nesting of tuples, sets and registered objects within each other. Each
+#: level is a nested msgpack call, which costs ~40 KiB of C stack when loading: 64
+#: levels stay far from a thread's stack limit, and stored data nesting deeper is refused
+#: before it could crash the process.
+MAX_EXTENSION_DEPTH = 64
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _VALUE_TYPES: tuple[type, ...] = (
     dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID, Decimal, bytearray,
@@ -261,6 +266,7 @@ class Serializer:
     def __init__(self, registry: TypeRegistry | None = None, *, allow_pickle: bool = False):
         self.registry = registry if registry is not None else default_registry
         self.allow_pickle = allow_pickle
+        self._nesting = threading.local()  # extension depth of the load in progress
 
     # -- writing ---------------------------------------------------------------------
     def dumps(self, state: Mapping[str, Any], *, root: str = "state") -> bytes:
@@ -283,15 +289,28 @@ class Serializer:
         return cast(bytes, msgpack.packb(obj, default=self._default, strict_types=True,
                                          use_bin_type=True))
 
+    def _nested(self, payload: Any) -> bytes:
+        """Pack the payload of a tuple, set or registered object: one extension level
+        deeper (at most :data:`MAX_EXTENSION_DEPTH`, which the loader enforces too)."""
+        depth = getattr(self._nesting, "packing", 0)
+        if depth >= MAX_EXTENSION_DEPTH:
+            raise ValueError(f"tuples, sets and registered objects nest deeper than "
+                             f"{MAX_EXTENSION_DEPTH} levels")
+        self._nesting.packing = depth + 1
+        try:
+            return self._pack(payload)
+        finally:
+            self._nesting.packing = depth
+
     def _default(self, obj: Any) -> msgpack.ExtType:
         cls = type(obj)
         if cls is tuple:
-            return msgpack.ExtType(_TUPLE, self._pack(list(obj)))
+            return msgpack.ExtType(_TUPLE, self._nested(list(obj)))
         if cls is set or cls is frozenset:
             # Members in the order of their own bytes: equal sets give equal bytes whatever
             # their members' types (sorted() is partial on mixes, frozensets, NaNs).
-            members = sorted(obj, key=self._pack)
-            return msgpack.ExtType(_SET if cls is set else _FROZENSET, self._pack(members))
+            members = sorted(obj, key=self._nested)
+            return msgpack.ExtType(_SET if cls is set else _FROZENSET, self._nested(members))
         if cls is int:  # outside msgpack's 64-bit range
             length = (obj.bit_length() + 8) // 8
             return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
@@ -317,8 +336,9 @@ class Serializer:
         entry = self.registry.entry_for(cls)
         if entry is not None:
             if isinstance(obj, enum.Enum):
-                return msgpack.ExtType(_ENUM, self._pack([entry.name, obj.value]))
-            return msgpack.ExtType(_OBJECT, self._pack([entry.name, entry.unstructure(obj)]))
+                return msgpack.ExtType(_ENUM, self._nested([entry.name, obj.value]))
+            return msgpack.ExtType(_OBJECT, self._nested([entry.name,
+                                                          entry.unstructure(obj)]))
         if self.allow_pickle:
             import pickle
 
@@ -359,9 +379,9 @@ class Serializer:
         """Every value under ``value`` with its key path, depth first, and a problem with
         its place when there is one: a container holding itself (a cycle) or nesting
         deeper than :data:`MAX_DEPTH`. Iterative, so any depth is safe to walk."""
-        stack: list[tuple[str, Any, int, tuple[int, ...]]] = [(path, value, 0, ())]
+        stack: list[tuple[str, Any, int, int, tuple[int, ...]]] = [(path, value, 0, 0, ())]
         while stack:
-            path, value, depth, ancestors = stack.pop()
+            path, value, depth, extensions, ancestors = stack.pop()
             cls = type(value)
             entry = None if cls in _CONTAINERS else self.registry.entry_for(cls)
             nested = cls in _CONTAINERS or (entry is not None and not isinstance(value,
@@ -371,6 +391,11 @@ class Serializer:
                 return
             if nested and depth >= MAX_DEPTH:
                 yield path, value, f"nested deeper than {MAX_DEPTH} levels"
+                return
+            extension = nested and cls is not dict and cls is not list
+            if extension and extensions >= MAX_EXTENSION_DEPTH:
+                yield path, value, ("tuples, sets and registered objects nest deeper than "
+                                    f"{MAX_EXTENSION_DEPTH} levels")
                 return
             yield path, value, None
             if not nested:
@@ -388,7 +413,8 @@ class Serializer:
             elif entry is not None:
                 children = [(f"{path}.{name}", item)
                             for name, item in entry.unstructure(value).items()]
-            stack.extend((p, v, depth + 1, inner) for p, v in reversed(children))
+            stack.extend((p, v, depth + 1, extensions + extension, inner)
+                         for p, v in reversed(children))
 
     # -- reading ---------------------------------------------------------------------
     def loads(self, data: bytes) -> Any:
@@ -396,7 +422,19 @@ class Serializer:
         return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
 
     def _unpack(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
+        """Unpack an extension's payload. Payloads nest through the C unpacker, whose stack
+        hostile data could exhaust before Python notices (a segfault, not an exception):
+        past :data:`MAX_EXTENSION_DEPTH` nested extensions the data is refused."""
+        depth = getattr(self._nesting, "loading", 0)
+        if depth > MAX_EXTENSION_DEPTH:  # one more: a datetime's fields at the deepest level
+            raise SerializationError(f"stored data nests extensions deeper than "
+                                     f"{MAX_EXTENSION_DEPTH} levels")
+        self._nesting.loading = depth + 1
+        try:
+            return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False,
+                                   raw=False)
+        finally:
+            self._nesting.loading = depth
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         if code == _TUPLE:

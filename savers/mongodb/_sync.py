@@ -231,9 +231,7 @@ class MongoSaver(BaseSaver):
                 pieces.setdefault(piece["token"], []).append(piece)
         out = []
         for doc in docs:
-            token = sh.chunk_token(doc)
-            record = None if token is None else sh.join_chunks(doc, pieces.get(token, []))
-            out.append(sh.from_doc(doc, record))
+            out.append(sh.from_doc(doc, pieces))
         return out
 
     def _read(
