@@ -8,9 +8,9 @@ Collections (names get the saver's ``prefix``):
 ``checkpoints``
     one document per live checkpoint (layout below); ``_id`` is a 128-bit hash of
     (thread_id, namespace, checkpoint id), so a retried insert of the same checkpoint is a
-    DuplicateKeyError and never a second copy. ``_id`` is the only unique index: on a
-    collection sharded on ``{thread_id: "hashed"}`` every document of a thread lives on one
-    shard, where ``_id`` uniqueness is enforced.
+    DuplicateKeyError and never a second copy. On a collection sharded on
+    ``{thread_id: 1}`` every document of a thread lives on one shard, where ``_id`` and
+    the unique (thread_id, ns, seq) index are enforced.
 ``chunks``
     the pieces of a record too big for one document, written before the head document
     that points at them (``chunks: {token, n, size}``); unreferenced pieces are orphans.

@@ -85,6 +85,16 @@ def is_versioned(backend_name: str) -> bool:
 
 
 @pytest.fixture
+def async_only(backend_name: str) -> bool:
+    return backend_name in ASYNC_ONLY
+
+
+@pytest.fixture
+def parent_check_atomic(backend_name: str) -> bool:
+    return backend_name not in PARENT_CHECK_NOT_ATOMIC
+
+
+@pytest.fixture
 def sync_ok(backend_name: str) -> None:
     """Skip (visibly) a test that drives the sync API or OS threads on an async-only saver."""
     if backend_name in ASYNC_ONLY:
