@@ -199,6 +199,17 @@ def to_doc(
     return doc, chunks
 
 
+def rewrite_update(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The update that gives an existing checkpoint document the record fields of ``doc``
+    (its record, chain label, base and depth), removing those ``doc`` lacks."""
+    fields = {key: doc[key] for key in ("kf", "depth", "rec", "chunks", "base") if key in doc}
+    unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
+    update: dict[str, Any] = {"$set": fields}
+    if unset:
+        update["$unset"] = unset
+    return update
+
+
 def chunk_docs(
     thread_id: str, token: str, record: bytes, created_at: dt.datetime, chunk_bytes: int
 ) -> list[dict[str, Any]]:

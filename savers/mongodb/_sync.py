@@ -257,7 +257,7 @@ class MongoSaver(BaseSaver):
         self._ensure_setup()
         if self._chain_stage is not False:
             pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace,
-                                                self._legacy, self.policy.max_chain)
+                                                self._legacy, self.policy.max_chain + 32)
             try:
                 cursor = _resolve(self._checkpoints.aggregate(pipeline))
                 docs = [doc for doc in cursor]
@@ -452,19 +452,26 @@ class MongoSaver(BaseSaver):
     def _replace(self, stored: StoredCheckpoint) -> None:
         """Rewrite a checkpoint's record (``delete_checkpoints`` re-encodes survivors)."""
         self._ensure_setup()
+        query, update = self._rewrite(stored)
+        result = self._checkpoints.update_one(query, update)
+        if result.matched_count != 1:
+            raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+
+    def _replace_many(self, items: Sequence[StoredCheckpoint]) -> None:
+        """Rewrite several records in one bulk command (a new master's reverse records);
+        a record that vanished meanwhile is skipped."""
+        self._ensure_setup()
+        updates = [UpdateOne(*(self._rewrite(stored))) for stored in items]
+        if updates:
+            self._checkpoints.bulk_write(updates, ordered=False)
+
+    def _rewrite(self, stored: StoredCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The filter and update that rewrite ``stored``'s record, its chunks written
+        first."""
         doc, chunks = sh.to_doc(stored, chunk_bytes=self.chunk_bytes)
         if chunks:
             self._insert_chunks(chunks)
-        fields = {key: doc[key] for key in ("kf", "depth", "rec", "chunks", "base")
-                  if key in doc}
-        unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
-        update: dict[str, Any] = {"$set": fields}
-        if unset:
-            update["$unset"] = unset
-        result = self._checkpoints.update_one(
-            sh.one(stored.thread_id, stored.namespace, stored.id), update)
-        if result.matched_count != 1:
-            raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+        return sh.one(stored.thread_id, stored.namespace, stored.id), sh.rewrite_update(doc)
 
     def _delete_checkpoints(
         self, thread_id: str, namespace: str, ids: Sequence[str]

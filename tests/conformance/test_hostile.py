@@ -198,7 +198,7 @@ def test_edge_ids_round_trip(api, thread):
 
 # -- 6. records bound to where they sit ---------------------------------------------------
 def test_a_record_moved_onto_another_checkpoint_is_corruption(api, tamper):
-    api.saver.policy = KeyframePolicy(max_chain=1)  # every record a keyframe
+    api.saver.policy = KeyframePolicy(max_chain=1, reverse=False)  # every record a master
     items = [api.put(Checkpoint("t", {"step": i})) for i in range(40)]
     early = api.stored("t", items[1].id)
     tamper.alter("t", "", items[39].id, record=early.record)
