@@ -20,8 +20,10 @@ Mapping (one savegame checkpoint per LangGraph checkpoint):
   a key or value that is not JSON-like (or a key with ``.``/``$``) is kept in the state,
   serialized by ``serde``, and filtered client-side;
 - the state holds each channel value as LangGraph's own ``serde.dumps_typed`` pair (type
-  tag kept, allowlist untouched), plus ``v``, ``ts``, ``channel_versions``,
-  ``versions_seen``, ``updated_channels`` and any unknown checkpoint key.
+  tag kept), plus ``v``, ``ts``, ``channel_versions``, ``versions_seen``,
+  ``updated_channels`` and any unknown checkpoint key. The default ``serde`` is
+  :func:`strict_serde`: stored data never makes the checkpointer import or call anything
+  outside LangGraph's safe types, :data:`COMMON_TYPES` and ``allowed_types=``.
 
 ``put`` follows ``new_versions`` as LangGraph's reference saver does: a channel's value is
 the one at its version in ``channel_versions``. A channel in ``new_versions`` takes the
@@ -36,9 +38,11 @@ made only of special writes (error, interrupt, scheduled, resume) overwrites.
 
 Sync and async: every method has its twin. Over a saver with blocking IO (``MongoSaver``)
 the async methods run the IO in a worker thread (savegame's ``BaseSaver`` does it), so the
-event loop never blocks. Over an async-only saver (``AsyncMongoSaver``) the sync methods
-(``invoke``/``stream``) raise ``TypeError`` naming the saver to use instead: run the graph
-with ``ainvoke``/``astream``, or build the checkpointer over ``MongoSaver``.
+event loop never blocks. Over an async-only saver (``AsyncMongoSaver``) a sync method
+called from another thread runs on the event loop the async methods work on
+(``asyncio.run_coroutine_threadsafe``); on that loop's own thread, or with no such loop
+running, it raises ``TypeError`` naming the fix (the async twin, another thread, or
+``MongoSaver``).
 
 Extended methods: ``copy_thread`` (every namespace, whole parent chains and their writes,
 records copied as stored), ``delete_for_runs``, ``prune`` (``"keep_latest"`` and
