@@ -77,7 +77,10 @@ def listed(checkpointer: Any, cfg: Any, is_async: bool, loop: asyncio.AbstractEv
            **kwargs: Any) -> list[Any]:
     if is_async:
         return loop.run_until_complete(_collect(checkpointer, cfg, **kwargs))
-    return list(checkpointer.list(cfg, **kwargs))
+    found = list(checkpointer.list(cfg, **kwargs))
+    # the async twin lists the same, in the same order
+    assert loop.run_until_complete(_collect(checkpointer, cfg, **kwargs)) == found
+    return found
 
 
 def run_nested(checkpointer: Any, is_async: bool, loop: asyncio.AbstractEventLoop) -> None:
