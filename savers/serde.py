@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import enum
 import inspect
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +27,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from .errors import SerializationError
 
-__all__ = ["Serializer", "TypeRegistry", "default_registry", "register_type"]
+__all__ = ["Serializer", "TypeRegistry", "default_registry", "imported_class", "register_type"]
 
 T = TypeVar("T")
 
@@ -535,3 +536,46 @@ def _tag_bytearrays(obj: Any) -> Any:
         return msgpack.ExtType(_BYTEARRAY, bytes(obj))
     return obj
 
+
+
+def imported_class(qualified_name: object, base: type[T]) -> type[T] | None:
+    """The class ``qualified_name`` names (``"package.module.Class"``, nested classes as
+    ``"module.Outer.Inner"``) when it is **already loaded** and a subclass of ``base``;
+    otherwise None. Nothing is imported and no code runs:
+
+    - the module is looked up in ``sys.modules`` only (a module the program has not
+      imported is not found, so a name read from storage never triggers an import);
+    - attributes are read from the module's and classes' ``__dict__`` (no ``getattr``, so
+      no module-level ``__getattr__`` hook or descriptor runs);
+    - the object found must be a class, a subclass of ``base``, and must carry that very
+      name (its ``__module__`` plus its ``__name__`` or ``__qualname__``), so an alias
+      re-exported under another name is not accepted.
+
+    The frameworks' loaders use it to rebuild values whose type the running program has
+    already imported and that are instances of what the framework expects at that place
+    (a LlamaIndex ``Event``, a pydantic model in a Burr state): a stored name can then pick
+    among classes the program itself loaded and of the expected kind, never a function such
+    as ``os.system`` and never a module that is not loaded.
+    """
+    if not isinstance(qualified_name, str) or not isinstance(base, type):
+        return None
+    parts = qualified_name.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        return None
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        found: object = module
+        for part in parts[cut:]:
+            namespace = getattr(found, "__dict__", None)
+            if not isinstance(namespace, Mapping) or part not in namespace:
+                found = None
+                break
+            found = namespace[part]
+        if not isinstance(found, type) or not issubclass(found, base):
+            return None
+        names = {f"{found.__module__}.{found.__qualname__}",
+                 f"{found.__module__}.{found.__name__}"}
+        return found if qualified_name in names else None
+    return None

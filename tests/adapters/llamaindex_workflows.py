@@ -6,7 +6,8 @@ Imported as ``llamaindex_workflows`` by the tests and by the subprocesses (this 
 Driver: ``python llamaindex_workflows.py COMMAND URI DATABASE THREAD [ARG]`` with COMMAND
 ``ask`` (start a human-in-the-loop run, exit once it waits), ``answer`` (answer it in this
 new process), ``steps`` (run the 3-step workflow, possibly crashing in step 2) or
-``resume``. Results are printed as one JSON line.
+``resume``; a last argument ``plain`` builds the checkpointer with no ``allowed_types``.
+Results are printed as one JSON line.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ HITL = {"input_required": AskWorkflow, "wait_for_event": WaitWorkflow}
 HITL_TYPES: dict[str, tuple[type, ...]] = {"input_required": (), "wait_for_event": (Ask, Answer)}
 
 
-async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -> Any:
+async def _drive(command: str, uri: str, database: str, thread: str, arg: str,
+                 plain: bool = False) -> Any:
     import pymongo
 
     from savegame.adapters.llamaindex import WorkflowCheckpointer
@@ -147,9 +149,11 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
 
     client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
     saver = MongoSaver(client, database=database)
+    # plain: no configuration at all (the events a step waits for resolve as imported)
+    types = () if plain else HITL_TYPES.get(arg, ())
     try:
         if command == "ask":
-            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
+            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=types)
             handler = checkpointer.run(thread_id=thread)
             async for event in handler.stream_events():
                 if isinstance(event, Ask):
@@ -158,7 +162,7 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
             assert await checkpointer.pending_input(thread) is not None
             return {"asked": True}  # the process ends here with the run still waiting
         if command == "answer":
-            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
+            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=types)
             pending = await checkpointer.pending_input(thread)
             assert pending is not None
             handler = await checkpointer.respond(thread, Answer(answer="Ada"))
@@ -181,7 +185,8 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
 
 def main(argv: list[str]) -> None:
     command, uri, database, thread, *rest = argv
-    out = asyncio.run(_drive(command, uri, database, thread, rest[0] if rest else ""))
+    out = asyncio.run(_drive(command, uri, database, thread, rest[0] if rest else "",
+                             plain="plain" in rest[1:]))
     print(json.dumps(out))
 
 
