@@ -472,7 +472,8 @@ class _Common:
         threads = yield _Op("list_threads", (), {"prefix": prefix})
         apps: list[tuple[dt.datetime, str, Checkpoint]] = []
         for thread in threads:
-            latest = yield _Op("get", (thread,))
+            rows = yield _Op("list", (thread,), {"limit": 1})  # the highest sequence id
+            latest = rows[0] if rows else None
             if latest is not None:
                 when = latest.created_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
                 apps.append((when, _unescape(thread[len(prefix):]), latest))
