@@ -80,6 +80,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol  # noqa: E402
 
 from savegame.savers.base import BaseSaver  # noqa: E402
 from savegame.savers.checkpoint import Checkpoint, PendingWrite  # noqa: E402
+from savegame.savers.registry import as_saver  # noqa: E402
 
 __all__ = ["Checkpointer"]
 
@@ -96,8 +97,9 @@ class Checkpointer(BaseCheckpointSaver[int]):
     """A LangGraph checkpointer storing its checkpoints in a savegame saver.
 
     ``saver`` is any savegame saver (``MemorySaver``, ``VersionedMemorySaver``,
-    ``MongoSaver``, ``AsyncMongoSaver``). ``serde`` is LangGraph's serializer for channel
-    values and writes (default: ``JsonPlusSerializer`` with its allowlist).
+    ``MongoSaver``, ``AsyncMongoSaver``) or a store URI (``"mongodb://host/app"``, opened
+    with ``open_saver`` and closed with the checkpointer). ``serde`` is LangGraph's
+    serializer for channel values and writes (default: ``JsonPlusSerializer`` with its allowlist).
 
     Over ``AsyncMongoSaver`` (async-only) only the async methods work (``ainvoke``,
     ``astream``, ``aget_state``...); the sync ones raise ``TypeError`` telling to use
@@ -112,16 +114,15 @@ class Checkpointer(BaseCheckpointSaver[int]):
 
     def __init__(
         self,
-        saver: BaseSaver,
+        saver: BaseSaver | str,
         *,
         serde: SerializerProtocol | None = None,
         owns_saver: bool = False,
     ) -> None:
-        if not isinstance(saver, BaseSaver):
-            raise TypeError(f"Checkpointer needs a savegame saver, got {type(saver).__qualname__}")
+        saver, opened = as_saver(saver, what="Checkpointer's saver")  # a store URI: ours
         super().__init__(serde=serde)
         self.saver = saver
-        self._owns_saver = owns_saver
+        self._owns_saver = owns_saver or opened
 
     # -- constructors and lifecycle ---------------------------------------------------
     @classmethod
