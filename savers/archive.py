@@ -189,7 +189,8 @@ class ArchiveReader:
         self.name = name
         self._hash = hashlib.sha256()
         self._offset = 0
-        magic = self._read(len(MAGIC))
+        magic = self._stream.read(len(MAGIC))
+        self._offset = len(magic)
         if magic != MAGIC:
             raise ArchiveError(f"{name} is not a savegame archive (bad magic bytes)")
         self._hash.update(magic)
