@@ -91,8 +91,17 @@ def _time(value: dt.datetime | None) -> str:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
+def _iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, for JSON."""
+    return _time(value).replace(" ", "T") if value is not None else None
+
+
 def _ratio(a: int, b: int) -> float | None:
     return round(a / b, 2) if b else None
+
+
+def _times(ratio: float | None) -> str:
+    return f"{ratio}x" if ratio is not None else "-"
 
 
 # -- the command group -------------------------------------------------------------------
@@ -203,7 +212,7 @@ def ls_command(uri: str, prefix: str, as_json: bool) -> None:
                               "namespaces": stats.namespaces, "writes": stats.writes,
                               "stored_bytes": stats.stored_bytes,
                               "raw_bytes": stats.raw_bytes,
-                              "last_update": _time(stats.last_update) or None})
+                              "last_update": _iso(stats.last_update)})
     if as_json:
         return
     table = Table(title=f"{len(rows)} thread(s)", title_justify="left")
@@ -224,19 +233,26 @@ def _entry(item: StoredCheckpoint, children: int) -> dict[str, Any]:
     return {
         "id": item.id, "parent": item.parent_id, "namespace": item.namespace,
         "step": item.step, "node": item.node_id, "next": item.next_node_id,
-        "created_at": _time(item.created_at), "size": len(item.record),
+        "created_at": _iso(item.created_at), "size": len(item.record),
         "kind": "corrupt" if header is None else _KINDS.get(header.kind, "?"),
         "depth": item.depth, "seq": item.seq, "children": children,
     }
 
 
-def _label(entry: dict[str, Any]) -> str:
+def _moves(item: StoredCheckpoint) -> str:
+    """``node -> next``; a checkpoint without nodes (LangGraph's) shows its metadata
+    ``source`` (input, loop, update, fork) instead."""
+    source = item.metadata.get("source") if item.node_id is None else None
+    node = item.node_id or (f"({source})" if isinstance(source, str) else "-")
+    return f"{node} -> {item.next_node_id or '-'}"
+
+
+def _label(entry: dict[str, Any], moves: str, width: int) -> str:
     kind = entry["kind"]
     style = {"keyframe": "bold cyan", "corrupt": "bold red"}.get(kind, "dim")
-    node = f"{entry['node'] or '-'} -> {entry['next'] or '-'}"
-    return (f"[bold]step {entry['step']:>3}[/]  {escape(node):<28} "
-            f"{entry['created_at']}  {_size(entry['size']):>9}  [{style}]{kind:<8}[/]  "
-            f"[dim]{escape(entry['id'])}[/]")
+    return (f"[bold]step {entry['step']:>3}[/]  {escape(moves.ljust(width))}  "
+            f"{entry['created_at'][:19].replace('T', ' ')}  {_size(entry['size']):>9}  "
+            f"[{style}]{kind:<8}[/]  [dim]{escape(entry['id'])}[/]")
 
 
 @cli.command("history")
@@ -277,6 +293,7 @@ def history_command(uri: str, thread: str, namespace: str | None, as_json: bool)
         while cursor is not None:
             on_head_path.add(cursor.id)
             cursor = by_id.get(cursor.parent_id or "")
+        width = max(len(_moves(item)) for item in items)
         forks = sum(max(0, len(kids) - 1) for key, kids in children.items()
                     if key is not None)
         root = Tree(f"[bold]{escape(thread)}[/]  namespace {ns!r}: {len(items)} "
@@ -291,13 +308,14 @@ def history_command(uri: str, thread: str, namespace: str | None, as_json: bool)
                 f"[yellow]line[/] from step {start.step} (its parent is not stored)")
             current: StoredCheckpoint | None = start
             while current is not None:
-                node = branch.add(_label(_entry(current, len(children[current.id]))))
+                node = branch.add(_label(_entry(current, len(children[current.id])),
+                                         _moves(current), width))
                 kids = children[current.id]
                 if not kids:
                     break
                 main = next((k for k in kids if k.id in on_head_path), kids[-1])
                 for other in reversed([k for k in kids if k is not main]):
-                    fork = node.add(f"[yellow]fork[/] at step {current.step}")
+                    fork = node.add(f"[yellow]branch[/] from step {current.step}")
                     stack.append((other, fork))
                 current = main
         out.data.print(root)
@@ -307,8 +325,8 @@ def history_command(uri: str, thread: str, namespace: str | None, as_json: bool)
 def _load(saver: BaseSaver, thread: str, checkpoint: str | None, namespace: str) -> Any:
     found = saver.get(thread, checkpoint, namespace=namespace)
     if found is None:
-        what = f"checkpoint {checkpoint!r}" if checkpoint else "any checkpoint"
-        raise KeyError(f"thread {thread!r} (namespace {namespace!r}) has no {what}")
+        what = f"no checkpoint {checkpoint!r}" if checkpoint else "no checkpoints"
+        raise KeyError(f"thread {thread!r} (namespace {namespace!r}) has {what}")
     return found
 
 
@@ -333,13 +351,13 @@ def show_command(uri: str, thread: str, checkpoint: str | None, namespace: str, 
     if as_json:
         out.json({"thread": thread, "namespace": namespace, "id": found.id,
                   "parent": found.parent_id, "step": found.step, "node": found.node_id,
-                  "next": found.next_node_id, "created_at": _time(found.created_at),
+                  "next": found.next_node_id, "created_at": _iso(found.created_at),
                   "metadata": dict(found.metadata), "path": path, "value": value})
         return
     out.note.print(f"thread {thread!r}  checkpoint {found.id}  step {found.step}  "
                    f"{found.node_id or '-'} -> {found.next_node_id or '-'}  "
                    f"{_time(found.created_at)}" + (f"  path {path}" if path else ""),
-                   highlight=False, markup=False)
+                   highlight=False, markup=False, soft_wrap=True)
     text = json.dumps(to_json(value), ensure_ascii=False, indent=2, default=str)
     if sys.stdout.isatty():
         out.data.print(JSON(text))
@@ -497,13 +515,15 @@ def stats_command(uri: str, threads: tuple[str, ...], prefix: str, as_json: bool
         ("pending writes", f"{total.writes} ({_size(total.write_bytes)})"),
         ("stored (records)", _size(total.stored_bytes)),
         ("raw state", _size(total.raw_bytes)),
-        ("compression (raw / stored)", f"{report['compression_ratio'] or '-'}x"),
-        ("keyframes: raw / stored", f"{report['keyframe_ratio'] or '-'}x"),
-        ("deltas: raw / stored", f"{report['delta_ratio'] or '-'}x"),
+        ("compression (raw / stored)", _times(report["compression_ratio"])),
+        ("keyframes: raw / stored", _times(report["keyframe_ratio"])),
+        ("deltas: raw / stored", _times(report["delta_ratio"])),
         ("mean keyframe / delta", f"{_size(int(report['mean_keyframe_bytes'] or 0))} / "
                                   f"{_size(int(report['mean_delta_bytes'] or 0))}"),
     ]
     for key, value in details.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{v} {k}" for k, v in value.items())
         rows.append((key if key == "backend" else f"backend: {key}", str(value)))
     for what, value in rows:
         table.add_row(what, value)

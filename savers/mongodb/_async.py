@@ -217,15 +217,16 @@ class AsyncMongoSaver(BaseSaver):
                                    "database": self._checkpoints.database.name}
         for attr in ("checkpoints", "chunks", "archive", "releases", "writes"):
             collection = self._collection(attr)
-            details[f"{collection.name} documents"] = int(
-                await collection.count_documents({}))
+            entry = {"documents": int(await collection.count_documents({}))}
             try:
                 info = await self._checkpoints.database.command("collStats", collection.name)
             except Exception:  # not every server or emulator has collStats
-                continue
-            for key in ("size", "storageSize", "totalIndexSize"):
+                info = {}
+            for key, name in (("size", "bytes"), ("storageSize", "storage bytes"),
+                              ("totalIndexSize", "index bytes")):
                 if key in info:
-                    details[f"{collection.name} {key}"] = int(info[key])
+                    entry[name] = int(info[key])
+            details[collection.name] = entry
         return details
 
     def _collection(self, name: str) -> Any:

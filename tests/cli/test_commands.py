@@ -105,7 +105,7 @@ def test_history_shows_the_fork(store: tuple[str, dict[str, Any]]) -> None:
     assert entries[0]["kind"] == "keyframe" and {e["kind"] for e in entries} >= {"delta"}
     assert all(e["size"] > 0 and e["created_at"].endswith("Z") for e in entries)
     human = ok("history", "-s", uri, "chat-1").stdout
-    assert "fork at step 4" in human and "human -> agent" in human
+    assert "branch from step 4" in human and "human -> agent" in human
     assert "namespace 'sub'" in human  # every namespace by default
 
 
@@ -157,7 +157,7 @@ def test_verify_and_stats(store: tuple[str, dict[str, Any]]) -> None:
     backend = stats["backend"]["backend"]
     assert backend == ("memory" if uri.startswith("memory") else "mongodb")
     if backend == "mongodb":
-        assert stats["backend"]["checkpoints documents"] == 15
+        assert stats["backend"]["checkpoints"]["documents"] == 15
     assert "compression (raw / stored)" in ok("stats", "-s", uri).stdout
 
 
