@@ -259,20 +259,16 @@ class ArchiveReader:
         while True:
             kind, body = self._next()
             try:
-                if kind == "C":
-                    item = _checkpoint_from(body)
+                if kind in ("C", "W"):
+                    item = _checkpoint_from(body) if kind == "C" else _write_from(body)
                     if current is None:
                         current = ThreadRecords(item.thread_id)
                     if item.thread_id != current.thread_id:
                         raise ArchiveError("a thread's frames are interleaved with another's")
-                    current.checkpoints.append(item)
-                elif kind == "W":
-                    write = _write_from(body)
-                    if current is None:
-                        current = ThreadRecords(write.thread_id)
-                    if write.thread_id != current.thread_id:
-                        raise ArchiveError("a thread's frames are interleaved with another's")
-                    current.writes.append(write)
+                    if isinstance(item, StoredCheckpoint):
+                        current.checkpoints.append(item)
+                    else:
+                        current.writes.append(item)
                 elif kind == "T":
                     thread = current or ThreadRecords(str(body["t"]))
                     if (body["t"] != thread.thread_id
