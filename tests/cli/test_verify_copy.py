@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,31 @@ def test_copy_thread_resumes_inside_a_thread() -> None:
     with pytest.raises(CopyConflictError, match="thread 'thread-000' already exists"):
         copy_thread(source, other, "thread-000")
     assert len(list(other.list("thread-000"))) == 1  # nothing written
+
+
+def test_verify_names_a_checkpoint_with_missing_chunks(nx_uri: str) -> None:
+    uri = db_uri(nx_uri, "verify_chunks")
+    with open_saver(uri, chunk_bytes=1000) as saver:
+        big = saver.put(Checkpoint("big", {"blob": random.Random(1).randbytes(5000)}))
+        saver.put(Checkpoint("small", {"n": 1}))
+    client: Any = pymongo.MongoClient(nx_uri)
+    chunks = client["verify_chunks"]["chunks"]
+    assert chunks.count_documents({"thread_id": "big"}) >= 5
+    chunks.delete_one({"thread_id": "big"})
+    client.close()
+    result = run("verify", "-s", uri, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert [(p["thread_id"], p["checkpoint_id"], p["kind"]) for p in report["problems"]] == [
+        ("big", big.id, "unreadable")]
+    assert "chunks of its record are stored" in report["problems"][0]["message"]
+
+
+def test_the_command_names_its_extra_when_click_is_missing() -> None:
+    script = ("import sys; sys.modules['click'] = None\n"
+              "from savegame.savers.cli import main\nmain(['--help'])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("savegame: error: 'click' is not installed; install it "
+                                     "with: pip install 'savegame[cli]'")
