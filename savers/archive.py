@@ -351,9 +351,12 @@ def check_archive(path: str | Path) -> dict[str, Any]:
 def load_archive(saver: BaseSaver, path: str | Path) -> dict[str, Any]:
     """Import an archive into ``saver``: checked whole first (a damaged or truncated file
     imports nothing), then written thread by thread (idempotent: records already there
-    are skipped). Returns the archive's summary."""
+    are skipped; a thread the store holds with other content is refused, see
+    ``maintenance.merge_thread``). Returns the archive's summary."""
+    from .maintenance import merge_thread
+
     summary = check_archive(path)
     with ArchiveReader.open(path) as reader:
         for thread in reader.threads():
-            saver.write_records(thread.checkpoints, thread.writes)
+            merge_thread(saver, thread.thread_id, thread.checkpoints, thread.writes)
     return summary

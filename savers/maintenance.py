@@ -25,6 +25,7 @@ __all__ = [
     "Problem",
     "ThreadStats",
     "copy_thread",
+    "merge_thread",
     "thread_stats",
     "verify_records",
     "verify_thread",
@@ -276,6 +277,22 @@ def copy_thread(
     writes nothing. ``progress(n)`` is called as checkpoints are handled.
     """
     checkpoints, writes = source.read_records(thread_id)
+    return merge_thread(target, thread_id, checkpoints, writes, batch=batch,
+                        progress=progress)
+
+
+def merge_thread(
+    target: BaseSaver,
+    thread_id: str,
+    checkpoints: Sequence[StoredCheckpoint],
+    writes: Sequence[StoredWrite],
+    *,
+    batch: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> CopyResult:
+    """Write one thread's records (from another store or an archive) into ``target``,
+    skipping what it already holds and refusing a conflicting thread: see
+    :func:`copy_thread`."""
     have, have_writes = target.read_records(thread_id)
     wanted = {(item.namespace, item.id): item for item in checkpoints}
     for item in have:

@@ -38,7 +38,7 @@ from .. import codec
 from ..archive import ArchiveReader, ArchiveWriter, check_archive
 from ..base import BaseSaver, StoredCheckpoint, _location
 from ..errors import SavegameError
-from ..maintenance import ThreadStats, copy_thread, thread_stats, verify_thread
+from ..maintenance import ThreadStats, copy_thread, merge_thread, thread_stats, verify_thread
 from ..registry import open_saver, scheme_of
 from ._view import ViewSerializer, dig, to_json
 
@@ -573,15 +573,16 @@ def export_command(uri: str, threads: tuple[str, ...], output: str, prefix: str,
 @_json
 def import_command(uri: str, archive: str, as_json: bool) -> None:
     """Import an archive: checked whole first, then written thread by thread (records
-    already in the store are skipped, so a re-run completes an interrupted import)."""
+    already in the store are skipped, so a re-run completes an interrupted import; a
+    thread the store holds with other content is refused, naming it)."""
     out = Out()
     summary = check_archive(archive)
     _warn_ephemeral(out, uri)
     with _opened(uri) as saver, ArchiveReader.open(archive) as reader, out.progress() as bar:
         task = bar.add_task("importing", total=summary["checkpoints"])
         for thread in reader.threads():
-            saver.write_records(thread.checkpoints, thread.writes)
-            bar.advance(task, len(thread.checkpoints))
+            merge_thread(saver, thread.thread_id, thread.checkpoints, thread.writes,
+                         progress=lambda n: bar.advance(task, n))
     result = {"archive": archive, "threads": summary["threads"],
               "checkpoints": summary["checkpoints"], "writes": summary["writes"]}
     if as_json:

@@ -200,9 +200,11 @@ def test_export_import_copy(store: tuple[str, dict[str, Any]], tmp_path: Path,
     # the same thread with other content in the target is refused, naming it
     with open_saver(copied_to) as saver:
         saver.put(Checkpoint("other-1", {"n": 2}))
-    clash = run("copy", uri, copied_to, "other-1")
-    assert clash.returncode == 1
-    assert "thread 'other-1' already exists in the target with other content" in clash.stderr
+    for clash in (run("copy", uri, copied_to, "other-1"),
+                  run("import", "-s", copied_to, str(target))):
+        assert clash.returncode == 1
+        assert "thread 'other-1' already exists in the target with other content" in \
+            clash.stderr
 
 
 def test_prune_and_delete(store: tuple[str, dict[str, Any]]) -> None:
