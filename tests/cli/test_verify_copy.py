@@ -71,6 +71,9 @@ def test_verify_finds_every_flipped_byte_on_mongodb(nx_uri: str) -> None:
     others = [p for p in report["problems"] if p["kind"] != "corrupt"]
     assert all(p["kind"] == "chain" and "is decoded from record" in p["message"]
                for p in others)  # their deltas, named as depending on a corrupt record
+    print(f"\nverify: {len(corrupt & flipped)} of {len(flipped)} flipped records reported "
+          f"corrupt, {len(corrupt - flipped)} sound ones called corrupt, {len(others)} "
+          "deltas reported as decoded from a corrupt record")
     human = run("verify", "-s", uri)
     assert human.returncode == 1
     assert "DAMAGED" in human.stdout and victims[0]["cid"] in human.stdout
