@@ -1,7 +1,8 @@
 """Apache Burr persisters over savegame savers.
 
 ``Persister(saver)`` is a :class:`burr.core.persistence.BaseStatePersister` over a sync saver
-(``MemorySaver``, ``MongoSaver``, ...); ``AsyncPersister(saver)`` is an
+(``MemorySaver``, ``MongoSaver``, ...) or a store URI (opened on first use and owned);
+``AsyncPersister(saver)`` is an
 :class:`~burr.core.persistence.AsyncBaseStatePersister` over any saver through its
 ``a``-prefixed methods (``AsyncMongoSaver`` natively; blocking savers run their IO in a
 worker thread), so it never blocks the event loop.
@@ -38,12 +39,13 @@ import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 from savegame.savers._deps import require
 from savegame.savers.base import BaseSaver
 from savegame.savers.checkpoint import Checkpoint
 from savegame.savers.errors import ConflictError, SerializationError
+from savegame.savers.registry import saver_factory
 from savegame.savers.serde import Serializer, default_registry, imported_class
 
 require("burr", "burr")
@@ -317,9 +319,12 @@ def _ready_on_first_use(saver: BaseSaver) -> bool:
 class _Common:
     """What the sync and async persisters share: the mapping onto savegame, as flows."""
 
+    #: open a store URI with ``open_async_saver`` (AsyncPersister) or ``open_saver``
+    _async_uri: ClassVar[bool] = False
+
     def __init__(
         self,
-        saver: BaseSaver | None = None,
+        saver: BaseSaver | str | None = None,
         *,
         factory: Callable[[], BaseSaver] | None = None,
         serde_kwargs: Mapping[str, Any] | None = None,
@@ -327,6 +332,11 @@ class _Common:
         thread_prefix: str = "burr:",
         allow_pickle: bool = False,
     ):
+        if isinstance(saver, str):  # a store URI: opened on first use, owned, picklable
+            if factory is not None:
+                raise TypeError("pass a store URI or a factory, not both")
+            factory = saver_factory(saver, asynchronous=self._async_uri)
+            saver = None
         if not isinstance(thread_prefix, str) or not thread_prefix:
             raise ValueError("thread_prefix must be a non-empty str")
         if on_save is not None and not callable(on_save):
@@ -548,7 +558,7 @@ class Persister(_Common, BaseStatePersister):
 
     def __init__(
         self,
-        saver: BaseSaver | None = None,
+        saver: BaseSaver | str | None = None,
         *,
         factory: Callable[[], BaseSaver] | None = None,
         serde_kwargs: Mapping[str, Any] | None = None,
@@ -642,6 +652,8 @@ class AsyncPersister(_Common, AsyncBaseStatePersister):
     a worker thread. ``on_save`` may be a plain function or a coroutine function.
     ``cleanup()`` is a coroutine; use ``async with`` for the context manager.
     """
+
+    _async_uri = True
 
     @classmethod
     def from_uri(cls, uri: str, *, thread_prefix: str = "burr:",

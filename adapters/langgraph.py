@@ -96,6 +96,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer  # noqa: E402
 
 from savegame.savers.base import BaseSaver  # noqa: E402
 from savegame.savers.checkpoint import Checkpoint, PendingWrite  # noqa: E402
+from savegame.savers.registry import as_saver  # noqa: E402
 
 __all__ = ["COMMON_TYPES", "Checkpointer", "strict_serde"]
 
@@ -154,12 +155,13 @@ class Checkpointer(BaseCheckpointSaver[int]):
     """A LangGraph checkpointer storing its checkpoints in a savegame saver.
 
     ``saver`` is any savegame saver (``MemorySaver``, ``VersionedMemorySaver``,
-    ``MongoSaver``, ``AsyncMongoSaver``). ``serde`` is LangGraph's serializer for channel
-    values and writes; the default is :func:`strict_serde` (``allowed_types``): stored
-    data never makes it import or call anything outside LangGraph's safe list,
-    :data:`COMMON_TYPES` and ``allowed_types``. A ``serde`` you pass is used as it is.
-    With ``LANGGRAPH_STRICT_MSGPACK=true`` LangGraph itself adds each compiled graph's
-    schema types (``with_allowlist``).
+    ``MongoSaver``, ``AsyncMongoSaver``) or a store URI (``"mongodb://host/app"``, opened
+    with ``open_saver`` and closed with the checkpointer). ``serde`` is LangGraph's
+    serializer for channel values and writes; the default is :func:`strict_serde`
+    (``allowed_types``): stored data never makes it import or call anything outside
+    LangGraph's safe list, :data:`COMMON_TYPES` and ``allowed_types``. A ``serde`` you pass
+    is used as it is. With ``LANGGRAPH_STRICT_MSGPACK=true`` LangGraph itself adds each
+    compiled graph's schema types (``with_allowlist``).
 
     Over ``AsyncMongoSaver`` (async-only) the async methods are native. A sync method
     called from another thread while the event loop the checkpointer works on runs (a
@@ -178,21 +180,20 @@ class Checkpointer(BaseCheckpointSaver[int]):
 
     def __init__(
         self,
-        saver: BaseSaver,
+        saver: BaseSaver | str,
         *,
         serde: SerializerProtocol | None = None,
         allowed_types: Iterable[type | tuple[str, ...]] = (),
         owns_saver: bool = False,
     ) -> None:
-        if not isinstance(saver, BaseSaver):
-            raise TypeError(f"Checkpointer needs a savegame saver, got {type(saver).__qualname__}")
+        saver, opened = as_saver(saver, what="Checkpointer's saver")  # a store URI: ours
         allowed = builtins.list(allowed_types)
         if serde is not None and allowed:
             raise TypeError("pass allowed_types= or serde=, not both (add types to your own "
                             "serializer with its with_msgpack_allowlist)")
         super().__init__(serde=serde if serde is not None else strict_serde(allowed))
         self.saver = saver
-        self._owns_saver = owns_saver
+        self._owns_saver = owns_saver or opened
         #: The event loop the async methods of an async-only saver last ran on: sync calls
         #: from other threads are run there.
         self._loop: asyncio.AbstractEventLoop | None = None

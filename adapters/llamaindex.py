@@ -33,6 +33,7 @@ from savegame.savers._deps import require
 from savegame.savers.base import BaseSaver
 from savegame.savers.checkpoint import Checkpoint
 from savegame.savers.errors import SavegameError, SerializationError
+from savegame.savers.registry import as_saver
 from savegame.savers.serde import imported_class
 
 require("workflows", "llamaindex")
@@ -341,14 +342,16 @@ class WorkflowCheckpointer:
     def __init__(
         self,
         workflow: Workflow,
-        saver: BaseSaver,
+        saver: BaseSaver | str,
         *,
         namespace: str = "",
         serializer: BaseSerializer | None = None,
         allowed_types: Iterable[type[Any]] = (),
     ) -> None:
         self.workflow = workflow
-        self.saver = saver
+        # a store URI is opened here (open_async_saver) and closed by aclose()
+        self.saver, self._owns_saver = as_saver(saver, asynchronous=True,
+                                                what="WorkflowCheckpointer's saver")
         self.namespace = namespace
         self._serializer: BaseSerializer = (
             serializer if serializer is not None
@@ -404,6 +407,12 @@ class WorkflowCheckpointer:
         return handler
 
     # -- human in the loop -----------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the saver if this checkpointer opened it from a store URI."""
+        if self._owns_saver:
+            self._owns_saver = False
+            await self.saver.aclose()
+
     async def pending_input(self, thread_id: str) -> PendingInput | None:
         """What the thread's latest checkpoint is waiting for, or None."""
         checkpoint = await self.saver.aget(thread_id, namespace=self.namespace)

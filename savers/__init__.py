@@ -19,6 +19,7 @@ from .errors import (
     SerializationError,
 )
 from .memory import MemorySaver, VersionedMemorySaver
+from .registry import open_async_saver, open_saver, register_saver
 from .serde import Serializer, register_type
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ __all__ = [
     "Serializer",
     "VersionedMemorySaver",
     "new_checkpoint_id",
+    "open_async_saver",
+    "open_saver",
+    "register_saver",
     "register_type",
 ]
 

@@ -406,6 +406,22 @@ class BaseSaver:
         another thread id; records are copied as stored, without re-encoding."""
         self._run(self._copy_thread_flow(source_thread_id, target_thread_id))
 
+    def read_records(
+        self, thread_id: str
+    ) -> tuple[builtins.list[StoredCheckpoint], builtins.list[StoredWrite]]:
+        """Every checkpoint and pending write of a thread (all namespaces) exactly as
+        stored, records still encoded: what export, copy and verify move and check."""
+        return self._run(self._read_records_flow(thread_id))
+
+    def write_records(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite] = ()
+    ) -> None:
+        """Store records read from any saver (``read_records``, an export archive) as
+        they are: ids, seqs and records kept. Records already stored are skipped, so
+        running it again after an interruption completes the copy without duplicates.
+        A record whose checksum does not bind it to its place is refused."""
+        self._run(self._write_records_flow(checkpoints, writes))
+
     def delete_checkpoints(
         self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
     ) -> None:
@@ -475,6 +491,16 @@ class BaseSaver:
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await self._arun(self._copy_thread_flow(source_thread_id, target_thread_id))
+
+    async def aread_records(
+        self, thread_id: str
+    ) -> tuple[builtins.list[StoredCheckpoint], builtins.list[StoredWrite]]:
+        return await self._arun(self._read_records_flow(thread_id))
+
+    async def awrite_records(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite] = ()
+    ) -> None:
+        await self._arun(self._write_records_flow(checkpoints, writes))
 
     async def adelete_checkpoints(
         self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
@@ -980,6 +1006,38 @@ class BaseSaver:
             [_moved(dataclasses.replace(item, thread_id=target), item) for item in writes],
         ))
         self._cache.drop_thread(target)
+
+    def _read_records_flow(
+        self, thread_id: str
+    ) -> Flow[tuple[builtins.list[StoredCheckpoint], builtins.list[StoredWrite]]]:
+        _check_ids(thread_id, "")
+        checkpoints, writes = yield Call("_read_thread", (thread_id,))
+        return builtins.list(checkpoints), builtins.list(writes)
+
+    def _write_records_flow(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite]
+    ) -> Flow[None]:
+        for item in checkpoints:
+            if not isinstance(item, StoredCheckpoint):
+                raise TypeError(f"expected StoredCheckpoint, got {type(item).__qualname__}")
+            _check_ids(item.thread_id, item.namespace)
+            _check_id("checkpoint id", item.id)
+            self._header(item)  # the checksum binds the record to (thread, ns, id)
+        for write in writes:
+            if not isinstance(write, StoredWrite):
+                raise TypeError(f"expected StoredWrite, got {type(write).__qualname__}")
+            _check_ids(write.thread_id, write.namespace)
+            try:
+                codec.read_header(write.record, 0, _write_location(write))
+            except codec.RecordError as exc:
+                raise CorruptCheckpointError(
+                    f"pending write ({write.task_id!r}, {write.index}): {exc}",
+                    thread_id=write.thread_id, namespace=write.namespace,
+                    checkpoint_id=write.checkpoint_id) from None
+        if checkpoints or writes:
+            yield Call("_copy_in", (builtins.list(checkpoints), builtins.list(writes)))
+        for thread_id in {item.thread_id for item in checkpoints}:
+            self._cache.drop_thread(thread_id)
 
     def _delete_checkpoints_flow(
         self, thread_id: str, checkpoint_ids: Sequence[str], namespace: str

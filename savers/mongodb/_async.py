@@ -209,6 +209,26 @@ class AsyncMongoSaver(BaseSaver):
         result = await self._checkpoints.delete_many(query)
         return int(result.deleted_count)
 
+    async def storage_details(self) -> dict[str, Any]:
+        """Documents (and, where the server reports them, bytes) per collection, for
+        ``savegame stats``."""
+        await self._ensure_setup()
+        details: dict[str, Any] = {"backend": "mongodb",
+                                   "database": self._checkpoints.database.name}
+        for attr in ("checkpoints", "chunks", "archive", "releases", "writes"):
+            collection = self._collection(attr)
+            entry = {"documents": int(await collection.count_documents({}))}
+            try:
+                info = await self._checkpoints.database.command("collStats", collection.name)
+            except Exception:  # not every server or emulator has collStats
+                info = {}
+            for key, name in (("size", "bytes"), ("storageSize", "storage bytes"),
+                              ("totalIndexSize", "index bytes")):
+                if key in info:
+                    entry[name] = int(info[key])
+            details[collection.name] = entry
+        return details
+
     def _collection(self, name: str) -> Any:
         return {"checkpoints": self._checkpoints, "chunks": self._chunks,
                 "archive": self._archive_coll, "releases": self._releases,
