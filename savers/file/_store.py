@@ -626,6 +626,10 @@ class FileSystemSaver(BaseSaver):
                             continue
                         handle = tf.handle
                         assert handle is not None
+                        if not handle.writable():  # opened read-only: say why it must be
+                            os.close(os.open(tf.path, os.O_RDWR | os.O_CLOEXEC))
+                            tf.drop()
+                            continue
                         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                         locked.append(handle)
                         # the path may name another file by now (compacted, deleted, made
