@@ -213,18 +213,14 @@ def _pack_id(value: str) -> str | bytes:
 
 
 def _unpack_id(value: Any) -> str:
-    if isinstance(value, bytes):
+    if type(value) is bytes:
         if len(value) != 16:
             raise FormatError("a packed id is not 16 bytes")
         h = value.hex()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise FormatError(f"an id is {type(value).__name__}, not text")
     return value
-
-
-def _optional_id(value: Any) -> str | None:
-    return None if value is None else _unpack_id(value)
 
 
 def _micros(when: dt.datetime) -> int:
@@ -271,18 +267,18 @@ def parse_checkpoint(thread_id: str, fields: list[Any]) -> StoredCheckpoint:
     except ValueError:
         raise FormatError("a checkpoint envelope has the wrong number of fields") from None
     checkpoint_id = _unpack_id(cid)
-    parent_id = _optional_id(parent)
-    if not isinstance(ns, str) or not isinstance(meta, dict):
+    parent_id = None if parent is None else _unpack_id(parent)
+    if (type(ns) is not str or type(meta) is not dict or type(step) is not int
+            or type(micros) is not int or type(depth) is not int or type(seq) is not int
+            or (node is not None and type(node) is not str)
+            or (nxt is not None and type(nxt) is not str)):
         raise FormatError("a checkpoint envelope has fields of the wrong type")
-    if not all(isinstance(v, int) for v in (step, micros, depth, seq)):
-        raise FormatError("a checkpoint envelope has fields of the wrong type")
-    base_id = parent_id if base is True else _optional_id(base)
     return StoredCheckpoint(
-        thread_id=thread_id, namespace=ns, id=checkpoint_id, parent_id=parent_id,
-        step=step, node_id=node, next_node_id=nxt, metadata=meta,
-        created_at=_EPOCH + dt.timedelta(microseconds=micros), record=b"",
-        keyframe_id=checkpoint_id if kf is None else _unpack_id(kf),
-        base_id=base_id, depth=depth, seq=seq,
+        thread_id, ns, checkpoint_id, parent_id, step, node, nxt, meta,
+        _EPOCH + dt.timedelta(microseconds=micros), b"",
+        checkpoint_id if kf is None else _unpack_id(kf),
+        parent_id if base is True else None if base is None else _unpack_id(base),
+        depth, seq,
     )
 
 

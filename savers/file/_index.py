@@ -63,8 +63,10 @@ class Space:
             replaced = old.size
             self._unlink(old.stored)
         self.by_id[stored.id] = entry
-        index = bisect.bisect_left(self.ids, stored.id)
-        self.ids.insert(index, stored.id)
+        if not self.ids or self.ids[-1] < stored.id:  # the usual case: newest last
+            self.ids.append(stored.id)
+        else:
+            self.ids.insert(bisect.bisect_left(self.ids, stored.id), stored.id)
         self.seqs[stored.seq] = stored.id
         self.chains.setdefault(stored.keyframe_id, []).append(stored.id)
         newest = self.chain_newest.get(stored.keyframe_id)

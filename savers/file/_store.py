@@ -52,7 +52,8 @@ __all__ = ["AsyncFileSystemSaver", "FileFormatError", "FileStoreError", "FileSys
 
 Durability = Literal["fsync", "os"]
 _log = logging.getLogger(__name__)
-_SCAN_READ = fmt.FRAME + 512  # one pread per frame: its head and (usually) its envelope
+_SCAN_READ = fmt.FRAME + 512  # a frame's head and (usually) its envelope
+_SCAN_BLOCK = 8192  # read ahead while frames are smaller than this
 _COALESCE = 64 << 10  # payloads this close together are read with one pread
 _MAX_PREAD = 0x7FFFF000  # the most Linux reads in one call
 _TMP_GRACE = 3600.0  # temporary files older than this are a crashed writer's leftovers
@@ -95,10 +96,22 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
 
 
 def _write_all(fd: int, pieces: Sequence[bytes | memoryview], offset: int) -> int:
-    """Write ``pieces`` one after the other at ``offset``; returns the bytes written."""
+    """Write ``pieces`` one after the other at ``offset`` (one ``pwritev`` when it can);
+    returns the bytes written."""
     written = 0
+    if 1 < len(pieces) <= 512 and hasattr(os, "pwritev"):  # within IOV_MAX
+        total = sum(len(piece) for piece in pieces)
+        if total <= _MAX_PREAD:
+            written = os.pwritev(fd, pieces, offset)
+            if written == total:
+                return written
+    skip = written
     for piece in pieces:
         view = memoryview(piece)
+        if skip >= len(view):
+            skip -= len(view)
+            continue
+        view, skip = view[skip:], 0
         while view:
             n = os.pwrite(fd, view[:_MAX_PREAD], offset + written)
             written += n
@@ -448,38 +461,45 @@ class FileSystemSaver(BaseSaver):
         return True
 
     def _scan(self, tf: _ThreadFile, size: int) -> None:
-        """Index the frames between ``index.end`` and ``size``: heads and envelopes only.
-        A frame that is incomplete (or unreadable with nothing valid after it) ends the
-        scan: a torn tail, ignored here and cut by the next writer."""
+        """Index the frames between ``index.end`` and ``size``: heads and envelopes only,
+        payloads are skipped (read in passing when frames are small: one read then covers
+        several). A frame that is incomplete (or unreadable with nothing valid after it)
+        ends the scan: a torn tail, ignored here and cut by the next writer."""
         index = tf.index
         assert index is not None
         fd = tf.fd
         offset = index.end
+        buffer, at = b"", offset  # file bytes [at, at + len(buffer))
+        window = _SCAN_BLOCK
         while offset < size:
             if size - offset < fmt.FRAME:
                 break  # a torn head
-            chunk = os.pread(fd, min(_SCAN_READ, size - offset), offset)
-            head = fmt.parse_frame_head(chunk)
+            rel = offset - at
+            if rel + fmt.FRAME > len(buffer):
+                buffer, at, rel = os.pread(fd, min(window, size - offset), offset), offset, 0
+            head = fmt.parse_frame_head(buffer, rel)
             if head is None:
                 resumed = self._resync(tf, offset + 1, size)
                 if resumed is None:
                     break  # garbage to the end: a torn tail
                 index.damage.append((offset, "a frame head is unreadable", None))
-                offset = resumed
-                index.end = offset
+                offset = index.end = resumed
                 continue
             if offset + head.size > size:
                 break  # the frame is not whole (yet): a torn tail, or a write in progress
-            if len(chunk) >= fmt.FRAME + head.env_len:
-                envelope = chunk[fmt.FRAME:fmt.FRAME + head.env_len]
-            else:
-                envelope = os.pread(fd, head.env_len, offset + fmt.FRAME)
+            stop = rel + fmt.FRAME + head.env_len
+            if stop > len(buffer):
+                buffer = os.pread(fd, fmt.FRAME + head.env_len + _SCAN_READ, offset)
+                at, rel, stop = offset, 0, fmt.FRAME + head.env_len
+            envelope = memoryview(buffer)[rel + fmt.FRAME:stop]
             try:
                 index.apply(head, fmt.unpack_envelope(head, envelope), offset)
             except (fmt.FormatError, ValueError, TypeError, OverflowError) as exc:
                 index.damage.append((offset, str(exc), fmt.guess_id(envelope)))
                 index.end = offset + head.size
             offset = index.end
+            # small frames: read ahead a block; big ones: just the next head and envelope
+            window = _SCAN_BLOCK if head.payload_len < _SCAN_BLOCK else _SCAN_READ
         tf.seen_size = size
 
     def _resync(self, tf: _ThreadFile, start: int, size: int) -> int | None:
@@ -618,14 +638,17 @@ class FileSystemSaver(BaseSaver):
             try:
                 with self._os_errors("write", tf):
                     for _ in range(1000):
-                        if not self._refresh(tf):
+                        # An open file is locked first and checked after (one stat); the
+                        # check below catches a file replaced or deleted meanwhile.
+                        if tf.handle is None and not self._refresh(tf):
                             if not create:
                                 break
                             self._ensure_registry()
                             self._create(tf)
                             continue
                         handle = tf.handle
-                        assert handle is not None
+                        if handle is None:
+                            continue
                         if not handle.writable():  # opened read-only: say why it must be
                             os.close(os.open(tf.path, os.O_RDWR | os.O_CLOEXEC))
                             tf.drop()
@@ -676,9 +699,33 @@ class FileSystemSaver(BaseSaver):
                 os.ftruncate(fd, end)
             tf.seen_size = end
             raise
-        self._scan(tf, end + written)
+        if not self._index_written(tf, pieces, end) or index.end != end + written:
+            self._scan(tf, end + written)  # (only if the pieces were not whole frames)
+        tf.seen_size = max(tf.seen_size, end + written)
         if index.end != end + written:  # cannot happen: we just wrote whole frames
             raise OSError(errno.EIO, "an appended frame did not read back")
+
+    def _index_written(self, tf: _ThreadFile, pieces: Sequence[bytes | memoryview],
+                       end: int) -> bool:
+        """Index frames just appended from the bytes in hand (no read back): ``pieces`` are
+        [head + envelope, payload] per frame (no payload piece when it is empty)."""
+        index = tf.index
+        assert index is not None
+        offset, i = end, 0
+        while i < len(pieces):
+            piece = pieces[i]
+            head = fmt.parse_frame_head(piece) if len(piece) >= fmt.FRAME else None
+            if head is None or len(piece) != fmt.FRAME + head.env_len:
+                return False
+            i += 1
+            if head.payload_len:
+                if i >= len(pieces) or len(pieces[i]) != head.payload_len:
+                    return False
+                i += 1
+            fields = fmt.unpack_envelope(head, memoryview(piece)[fmt.FRAME:])
+            index.apply(head, fields, offset)
+            offset += head.size
+        return True
 
     def _ensure_registry(self) -> None:
         if not os.path.exists(self._registry_path):
