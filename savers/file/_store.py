@@ -266,6 +266,7 @@ class FileSystemSaver(BaseSaver):
         self._registry_sorted: list[str] | None = None
         self._registry_dead = 0  # registry frames a compaction would drop
         self._checked_store = False
+        self._ready = False  # setup() ran (the Burr adapter asks)
         #: (thread, checkpoint) -> (file, offset) of payloads that failed their checksum
         self._damaged: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
 
@@ -1261,6 +1262,18 @@ class FileSystemSaver(BaseSaver):
             return version, items
 
     # -- maintenance -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create the store directory and its registry now, and check the store's format
+        (otherwise done on the first write): an unwritable directory fails here."""
+        self._check_store()
+        with self._registry_lock, self._os_errors("create the store", self._registry):
+            self._ensure_registry()
+        self._check_store()
+        self._ready = True
+
+    async def asetup(self) -> None:
+        await asyncio.to_thread(FileSystemSaver.setup, self)
+
     def vacuum(self) -> int:
         """Apply ``ttl`` to every thread, compact files whose replaced frames outweigh the
         live ones, and remove temporary files left by crashed writers (older than an
@@ -1339,6 +1352,9 @@ class AsyncFileSystemSaver(FileSystemSaver):
 
     def vacuum(self) -> int:
         raise TypeError("AsyncFileSystemSaver is async-only: use avacuum()")
+
+    def setup(self) -> None:
+        raise TypeError("AsyncFileSystemSaver is async-only: use asetup()")
 
 
 def _to_thread(name: str) -> Callable[..., Any]:
