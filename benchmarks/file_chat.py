@@ -11,7 +11,9 @@ fsync):
   WAL journal). *put CPU/turn* = process time inside the checkpointer's ``put`` and
   ``put_writes`` per turn; *get CPU* = ``get_tuple`` of the latest by a new checkpointer
   over the same files (cold) and again by the one that wrote it (warm); *invoke CPU/turn* =
-  the whole ``graph.invoke``.
+  the whole ``graph.invoke`` (process time: the background thread LangGraph saves from
+  included). A ``Checkpointer(MemorySaver)`` row shows what the adapter and the core cost
+  without any IO.
 - **Burr chat** (the app of ``burr_chat.py``: 200 steps, each appending a ~400-character
   message): savegame ``Persister(FileSystemSaver)`` against Burr's ``SQLitePersister``;
   *save CPU/step* = process time inside ``save``; *load CPU* = ``load`` of the latest by a
@@ -55,7 +57,7 @@ from langgraph_chat import chat_graph, texts
 
 from savegame.adapters.burr import Persister
 from savegame.adapters.langgraph import Checkpointer
-from savegame.savers import Checkpoint
+from savegame.savers import Checkpoint, MemorySaver
 from savegame.savers.file import FileSystemSaver
 
 HERE = Path(__file__).resolve().parent
@@ -123,12 +125,16 @@ def langgraph_run(kind: str, turns: int, tmp: Path) -> dict[str, Any]:
     config = {"configurable": {"thread_id": "chat"}}
     db = tmp / "langgraph.sqlite"
     conn: sqlite3.Connection | None = None
+    memory = MemorySaver()
 
     def checkpointer() -> Any:
         nonlocal conn
         if kind == "SqliteSaver":
             conn = sqlite3.connect(db, check_same_thread=False)
             return SqliteSaver(conn)
+        if kind == "memory":  # the adapter and core alone, no IO: where the CPU goes
+            memory._cache.clear()
+            return Checkpointer(memory)
         return Checkpointer(FileSystemSaver(tmp / "store", durability=kind))
 
     saver = checkpointer()
@@ -152,8 +158,12 @@ def langgraph_run(kind: str, turns: int, tmp: Path) -> dict[str, Any]:
     assert got is not None and len(got.checkpoint["channel_values"]["messages"]) == 2 * turns
     if conn is not None:
         conn.close()
-    size, allocated = (sqlite_bytes(db) if kind == "SqliteSaver"
-                       else dir_bytes(tmp / "store"))
+    if kind == "SqliteSaver":
+        size, allocated = sqlite_bytes(db)
+    elif kind == "memory":
+        size = allocated = memory.storage_bytes()
+    else:
+        size, allocated = dir_bytes(tmp / "store")
     return {"bytes": size, "allocated": allocated, "put_cpu_ms": 1e3 * meter.total / turns,
             "invoke_cpu_ms": 1e3 * invoke / turns, "wall_ms_per_turn": 1e3 * wall / turns,
             "get_cold_cpu_ms": 1e3 * cold, "get_warm_cpu_ms": 1e3 * warm}
@@ -230,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     turns = args.turns
-    lg = measure(langgraph_run, ("SqliteSaver", *MODES), turns, args.repeat, "put_cpu_ms")
+    lg = measure(langgraph_run, ("SqliteSaver", *MODES, "memory"), turns, args.repeat,
+                 "put_cpu_ms")
     burr = measure(burr_run, ("SQLitePersister", *MODES), turns, args.repeat, "save_cpu_ms")
     core = measure(core_run, MODES, turns, args.repeat, "put_cpu_ms")
 
@@ -239,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'checkpointer':<28} {'bytes':>12} {'ratio':>8} {'put CPU ms/turn':>15} "
           f"{'invoke CPU ms':>13} {'wall ms/turn':>12} {'cold get ms':>11} {'warm get ms':>11}")
     base = lg["SqliteSaver"]
+    names = {"SqliteSaver": "SqliteSaver", "memory": "savegame MemorySaver (no IO)"}
     for kind, r in lg.items():
-        name = "SqliteSaver" if kind == "SqliteSaver" else f"savegame file ({kind})"
+        name = names.get(kind, f"savegame file ({kind})")
         ratio = "1" if kind == "SqliteSaver" else f"1/{base['bytes'] / r['bytes']:.1f}"
         print(f"{name:<28} {r['bytes']:>12,} {ratio:>8} {r['put_cpu_ms']:>15.3f} "
               f"{r['invoke_cpu_ms']:>13.3f} {r['wall_ms_per_turn']:>12.2f} "

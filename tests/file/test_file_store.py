@@ -568,3 +568,28 @@ def test_file_io_never_blocks_the_event_loop(tmp_path: Path, loop: asyncio.Abstr
         return lag
 
     assert loop.run_until_complete(main()) < 0.2
+
+
+# -- fork ------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
+    """A descriptor inherited through fork shares its flock with the parent: the child must
+    open its own, and so wait while the parent writes."""
+    saver = FileSystemSaver(tmp_path, durability="os")
+    saver.put(Checkpoint("t", {"n": 0}))
+    read, write = os.pipe()
+    with saver._writing("t", create=False):  # the parent holds the thread's lock
+        pid = os.fork()
+        if pid == 0:  # the child: the same saver object, inherited
+            try:
+                start = time.monotonic()
+                saver.put(Checkpoint("t", {"n": 1}))
+                os.write(write, f"{time.monotonic() - start:.3f}".encode())
+            finally:
+                os._exit(0)
+        time.sleep(0.5)
+    os.close(write)
+    waited = float(os.read(read, 100) or b"-1")
+    os.waitpid(pid, 0)
+    assert waited >= 0.4, f"the child wrote after {waited} s, while the parent held the lock"
+    assert FileSystemSaver(tmp_path).get("t").state == {"n": 1}
