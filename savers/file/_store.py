@@ -41,7 +41,7 @@ from ..base import HEAD_MOVED, BaseSaver, Flow, R, StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
 from ..memory import _same_json
 from . import _format as fmt
-from ._index import Entry, Index, WriteEntry
+from ._index import Entry, Index, Space, WriteEntry
 
 try:
     import fcntl
@@ -979,24 +979,29 @@ class FileSystemSaver(BaseSaver):
             self._compact(tf, lambda e: (e.stored.namespace, e.stored.id) in doomed)
 
     # -- primitives: reads -------------------------------------------------------------
-    def _read(self, thread_id: str, namespace: str, checkpoint_id: str
-              ) -> StoredCheckpoint | None:
+    @contextlib.contextmanager
+    def _read_index(self, thread_id: str) -> Iterator[tuple[_ThreadFile, Index | None]]:
+        """The thread's file and its index, current, held for this saver's other threads
+        (the index is None when the thread has no file)."""
         tf = self._file(thread_id)
         with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return None
-            space = index.space(namespace)
+            yield tf, self._reading(tf)
+
+    @contextlib.contextmanager
+    def _read_space(self, thread_id: str, namespace: str
+                    ) -> Iterator[tuple[_ThreadFile, Space | None]]:
+        """Like :meth:`_read_index`, for one namespace of the thread."""
+        with self._read_index(thread_id) as (tf, index):
+            yield tf, None if index is None else index.space(namespace)
+
+    def _read(self, thread_id: str, namespace: str, checkpoint_id: str
+              ) -> StoredCheckpoint | None:
+        with self._read_space(thread_id, namespace) as (tf, space):
             entry = space.by_id.get(checkpoint_id) if space is not None else None
             return None if entry is None else self._with_records(tf, [entry])[0]
 
     def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return None
-            space = index.space(namespace)
+        with self._read_space(thread_id, namespace) as (tf, space):
             if space is None or space.head is None:
                 return None
             return self._with_records(tf, [space.by_id[space.head]])[0]
@@ -1005,12 +1010,7 @@ class FileSystemSaver(BaseSaver):
                            ) -> list[StoredCheckpoint] | None:
         """The latest checkpoint and the records its base links lead to, read together
         (the index knows the path; no second call is needed)."""
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return None
-            space = index.space(namespace)
+        with self._read_space(thread_id, namespace) as (tf, space):
             if space is None or space.head is None:
                 return None
             path = [space.by_id[space.head]]
@@ -1025,16 +1025,11 @@ class FileSystemSaver(BaseSaver):
 
     def _read_chains(self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
                      ) -> list[StoredCheckpoint]:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return []
-            space = index.space(namespace)
+        with self._read_space(thread_id, namespace) as (tf, space):
             if space is None:
                 return []
-            entries = [space.by_id[i] for k in keyframe_ids for i in space.chains.get(k, ())]
-            return self._with_records(tf, entries)
+            return self._with_records(tf, [space.by_id[i] for k in keyframe_ids
+                                           for i in space.chains.get(k, ())])
 
     def _list(
         self,
@@ -1044,41 +1039,28 @@ class FileSystemSaver(BaseSaver):
         limit: int | None,
         metadata: Mapping[str, Any] | None,
     ) -> list[StoredCheckpoint]:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return []
-            space = index.space(namespace)
+        with self._read_space(thread_id, namespace) as (tf, space):
             if space is None:
                 return []
             end = len(space.ids) if before is None else bisect.bisect_left(space.ids, before)
             out: list[Entry] = []
-            for position in range(end - 1, -1, -1):
+            for position in range(end - 1, -1, -1):  # newest first, by id
                 entry = space.by_id[space.ids[position]]
-                if metadata and any(
-                    key not in entry.stored.metadata
-                    or not _same_json(entry.stored.metadata[key], value)
-                    for key, value in metadata.items()
-                ):
-                    continue
-                out.append(entry)
-                if limit is not None and len(out) >= limit:
-                    break
+                stored = entry.stored.metadata
+                if all(key in stored and _same_json(stored[key], value)
+                       for key, value in (metadata or {}).items()):
+                    out.append(entry)
+                    if limit is not None and len(out) >= limit:
+                        break
             return self._with_records(tf, out)
 
     def _read_writes(self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
                      ) -> list[StoredWrite]:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return []
-            space = index.space(namespace)
+        with self._read_space(thread_id, namespace) as (tf, space):
             if space is None:
                 return []
-            entries = [w for i in checkpoint_ids for w in space.writes.get(i, {}).values()]
-            return self._writes_with_records(tf, entries)
+            return self._writes_with_records(tf, [
+                w for i in checkpoint_ids for w in space.writes.get(i, {}).values()])
 
     def _list_threads(self, prefix: str) -> list[str]:
         """Threads of the registry starting with ``prefix`` (a range of a sorted list)
@@ -1099,35 +1081,24 @@ class FileSystemSaver(BaseSaver):
         return out
 
     def _list_namespaces(self, thread_id: str) -> list[str]:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return []
-            return [ns for ns, space in index.spaces.items() if space.by_id]
+        with self._read_index(thread_id) as (_, index):
+            return [] if index is None else [ns for ns, space in index.spaces.items()
+                                             if space.by_id]
 
     def _read_thread(self, thread_id: str) -> tuple[list[StoredCheckpoint], list[StoredWrite]]:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
+        with self._read_index(thread_id) as (tf, index):
             if index is None:
                 return [], []
             return (self._with_records(tf, index.live_entries()),
                     self._writes_with_records(tf, index.live_writes()))
 
     def _versions(self, thread_id: str) -> list[int]:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
+        with self._read_index(thread_id) as (_, index):
             return [] if index is None else sorted(index.versions)
 
     def _read_version(self, thread_id: str, version: int) -> list[StoredCheckpoint] | None:
-        tf = self._file(thread_id)
-        with tf.mutex:
-            index = self._reading(tf)
-            if index is None:
-                return None
-            entries = index.versions.get(version)
+        with self._read_index(thread_id) as (tf, index):
+            entries = None if index is None else index.versions.get(version)
             return None if entries is None else self._with_records(tf, entries)
 
     # -- primitives: writes ------------------------------------------------------------
