@@ -628,10 +628,11 @@ class FileSystemSaver(BaseSaver):
             _sync_dir(parent)
 
     @contextlib.contextmanager
-    def _writing(self, thread_id: str, *, create: bool) -> Iterator[_ThreadFile | None]:
+    def _writing(self, thread_id: str, *, create: bool, damaged_ok: bool = False
+                 ) -> Iterator[_ThreadFile | None]:
         """Hold the thread's file exclusively (this saver's mutex, then ``flock``), with the
         index current and any torn tail cut off. Yields None when the file does not exist
-        and ``create`` is false."""
+        and ``create`` is false. A damaged file is refused unless ``damaged_ok`` (delete)."""
         self._check_store()
         tf = self._file(thread_id)
         with tf.mutex:
@@ -659,8 +660,9 @@ class FileSystemSaver(BaseSaver):
                         # the path may name another file by now (compacted, deleted, made
                         # anew): then lock that one instead
                         if self._refresh(tf) and tf.handle is handle:
-                            self._damage_check(tf)
-                            self._cut_torn_tail(tf)
+                            if not damaged_ok:
+                                self._damage_check(tf)
+                                self._cut_torn_tail(tf)
                             break
                         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
                         locked.pop()
@@ -782,6 +784,8 @@ class FileSystemSaver(BaseSaver):
         return True
 
     def _scan_registry(self, tf: _ThreadFile, size: int) -> None:
+        """Apply the registry's ADD / DEL frames. A damaged frame is skipped (valid frames
+        follow it); unreadable bytes at the end are a torn tail, cut by the next writer."""
         index = tf.index
         assert index is not None
         fd = tf.fd
@@ -789,16 +793,21 @@ class FileSystemSaver(BaseSaver):
         while offset + fmt.FRAME <= size:
             chunk = os.pread(fd, min(_SCAN_READ, size - offset), offset)
             head = fmt.parse_frame_head(chunk)
-            if head is None or offset + head.size > size or head.kind not in (fmt.ADD,
-                                                                               fmt.DEL):
-                break  # a torn tail (the registry is a hint: damage only loses hints)
+            if head is None or head.kind not in (fmt.ADD, fmt.DEL):
+                resumed = self._resync(tf, offset + 1, size)
+                if resumed is None:
+                    break
+                offset = index.end = resumed
+                continue
+            if offset + head.size > size:
+                break
             envelope = (chunk[fmt.FRAME:fmt.FRAME + head.env_len]
                         if len(chunk) >= fmt.FRAME + head.env_len
                         else os.pread(fd, head.env_len, offset + fmt.FRAME))
             try:
                 (thread_id,) = fmt.unpack_envelope(head, envelope)
             except (fmt.FormatError, ValueError):
-                break
+                thread_id = None  # a damaged entry: vacuum() rebuilds what it said
             if isinstance(thread_id, str):
                 if head.kind == fmt.ADD:
                     self._registry_dead += thread_id in self._registry_threads
@@ -1208,7 +1217,7 @@ class FileSystemSaver(BaseSaver):
                               and e.stored.id in doomed)
 
     def _delete_thread(self, thread_id: str) -> None:
-        with self._writing(thread_id, create=False) as tf:
+        with self._writing(thread_id, create=False, damaged_ok=True) as tf:
             if tf is None:
                 with self._os_errors("delete", self._file(thread_id)):
                     self._register(thread_id, False)
@@ -1247,12 +1256,14 @@ class FileSystemSaver(BaseSaver):
 
     def vacuum(self) -> int:
         """Apply ``ttl`` to every thread, compact files whose replaced frames outweigh the
-        live ones, and remove temporary files left by crashed writers (older than an
-        hour). Returns the number of thread files rewritten or removed."""
+        live ones, bring the registry in line with the thread files (after a crash it may
+        list a thread that no longer holds checkpoints), and remove temporary files left
+        by crashed writers (older than an hour). A damaged thread file is left as it is
+        (logged). Returns the number of thread files rewritten or removed."""
         done = 0
-        top = os.path.join(self._root, "t")
+        seen: set[str] = set()
         now = time.time()
-        for directory, _, names in os.walk(top):
+        for directory, _, names in os.walk(os.path.join(self._root, "t")):
             for name in names:
                 path = os.path.join(directory, name)
                 if ".tmp." in name:
@@ -1263,13 +1274,27 @@ class FileSystemSaver(BaseSaver):
                 thread_id = _thread_id_of(path)
                 if thread_id is None:
                     continue
-                with self._writing(thread_id, create=False) as tf:
-                    if tf is None:
-                        continue
-                    before = tf.ino
-                    with self._os_errors("compact", tf):
-                        self._retention(tf, None)
-                    done += tf.ino != before
+                seen.add(thread_id)
+                try:
+                    with self._writing(thread_id, create=False) as tf:
+                        if tf is None or tf.index is None:
+                            continue
+                        before = tf.ino
+                        with self._os_errors("compact", tf):
+                            self._retention(tf, None)
+                            self._register(thread_id, tf.index is not None
+                                           and tf.index.has_live())
+                        done += tf.ino != before
+                except CorruptCheckpointError as exc:
+                    _log.warning("vacuum skipped a damaged file: %s", exc)
+        with self._registry_lock:
+            self._registry_refresh()
+            gone = [t for t in self._registry_threads if t not in seen]
+        for thread_id in gone:
+            with self._writing(thread_id, create=False, damaged_ok=True) as tf:
+                if tf is None:  # still no file: the registry entry is a leftover
+                    with self._os_errors("update", self._registry):
+                        self._register(thread_id, False)
         return done
 
     def storage_bytes(self) -> int:

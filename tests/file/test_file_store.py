@@ -168,6 +168,9 @@ def test_a_flipped_envelope_or_head_byte_fails_every_read_and_write(tmp_path: Pa
         assert Path(path).read_bytes() == before, "a writer appended to a damaged file"
         file_harness.flip(path, offset)  # restored: readable again
         assert FileSystemSaver(tmp_path).get("t").id == puts[-1].id
+    file_harness.flip(path, target.offset + 9)
+    FileSystemSaver(tmp_path).delete_thread("t")  # a damaged thread can still be deleted
+    assert not os.path.exists(path) and FileSystemSaver(tmp_path).list_threads() == []
 
 
 # -- format versions -----------------------------------------------------------------------
@@ -325,6 +328,31 @@ def test_list_threads_opens_no_thread_file(tmp_path: Path,
     monkeypatch.setattr(FileSystemSaver, "_open", refuse)
     assert fresh.list_threads(prefix="app/") == ["app/1", "app/10", "app/2"]
     assert fresh.list_threads() == ["app/1", "app/10", "app/2"]
+
+
+def test_vacuum_brings_the_registry_in_line_and_a_damaged_entry_loses_only_itself(
+    tmp_path: Path
+) -> None:
+    saver = FileSystemSaver(tmp_path, durability="os")
+    for thread in ("a", "b", "c"):
+        saver.put(Checkpoint(thread, {}))
+    saver.release("b")
+    # what a crash between a file's change and its registry entry leaves behind:
+    saver._register("b", True)  # released, still listed
+    saver._register("ghost", True)  # no file at all
+    assert FileSystemSaver(tmp_path).list_threads() == ["a", "b", "c"]  # ghost: no file
+    assert saver.vacuum() == 0
+    fresh = FileSystemSaver(tmp_path)
+    assert fresh.list_threads() == ["a", "c"]
+    assert set(fresh._registry_threads) == {"a", "c"}  # the ghost entry is gone too
+    # a flipped byte in the registry's first entry loses that entry only
+    registry = tmp_path / "threads.sgr"
+    first = _format.file_header_size(registry.read_bytes())
+    assert first is not None
+    file_harness.flip(str(registry), first + _format.FRAME + 2)
+    assert FileSystemSaver(tmp_path).list_threads() == ["c"]
+    FileSystemSaver(tmp_path).vacuum()  # rebuilt from the thread files
+    assert FileSystemSaver(tmp_path).list_threads() == ["a", "c"]
 
 
 def test_the_registry_is_compacted(tmp_path: Path) -> None:
