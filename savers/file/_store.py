@@ -887,18 +887,17 @@ class FileSystemSaver(BaseSaver):
             _sync_dir(os.path.dirname(tf.path))
 
     # -- compaction --------------------------------------------------------------------
-    def _compact(self, tf: _ThreadFile, drop: Callable[[Entry], bool]) -> None:
-        """Rewrite the locked thread file without the live checkpoints ``drop`` selects
-        (and their pending writes), and without replaced frames: a new file is written
-        beside it, synced, renamed over it, and the directory synced. A reader in another
-        process keeps reading the file it opened; writers waiting for the lock find the
-        new file. A thread left with nothing is removed."""
+    def _compact(self, tf: _ThreadFile, drop: Callable[[str, str], bool]) -> None:
+        """Rewrite the locked thread file without the live checkpoints and pending writes
+        ``drop(namespace, checkpoint_id)`` selects, and without replaced frames: a new file
+        is written beside it, synced, renamed over it, and the directory synced. A reader in
+        another process keeps reading the file it opened; writers waiting for the lock find
+        the new file. A thread left with nothing is removed."""
         index = tf.index
         assert index is not None
-        kept = [e for e in index.live_entries() if not drop(e)]
-        kept_ids = {(e.stored.namespace, e.stored.id) for e in kept}
+        kept = [e for e in index.live_entries() if not drop(e.stored.namespace, e.stored.id)]
         writes = [w for w in index.live_writes()
-                  if (w.write.namespace, w.write.checkpoint_id) in kept_ids]
+                  if not drop(w.write.namespace, w.write.checkpoint_id)]
         directory = os.path.dirname(tf.path)
         if not kept and not writes and not index.versions:
             os.unlink(tf.path)
@@ -985,7 +984,7 @@ class FileSystemSaver(BaseSaver):
                 doomed |= {(namespace, i) for kf in expired for i in space.chains.get(kf, ())}
         size = tf.seen_size
         if doomed or (index.dead > 1 << 20 and index.dead > size - index.dead):
-            self._compact(tf, lambda e: (e.stored.namespace, e.stored.id) in doomed)
+            self._compact(tf, lambda namespace, cid: (namespace, cid) in doomed)
 
     # -- primitives: reads -------------------------------------------------------------
     @contextlib.contextmanager
@@ -1213,8 +1212,7 @@ class FileSystemSaver(BaseSaver):
             if space is None or not (doomed & (set(space.by_id) | set(space.writes))):
                 return
             with self._os_errors("delete checkpoints", tf):
-                self._compact(tf, lambda e: e.stored.namespace == namespace
-                              and e.stored.id in doomed)
+                self._compact(tf, lambda ns, cid: ns == namespace and cid in doomed)
 
     def _delete_thread(self, thread_id: str) -> None:
         with self._writing(thread_id, create=False, damaged_ok=True) as tf:

@@ -256,6 +256,7 @@ def test_delete_checkpoints_and_delete_thread_reclaim_space(tmp_path: Path) -> N
     puts = chat(saver, "t", 60, metadata={"k": 1})
     for put in puts:
         saver.put_writes("t", str(put.id), [PendingWrite("t", 0, "c", "w" * 300)])
+    saver.put_writes("t", "no-such-checkpoint", [PendingWrite("t", 0, "c", "orphan")])
     path = saver.thread_path("t")
     before = os.path.getsize(path)
     saver.delete_checkpoints("t", [str(p.id) for p in puts[:40]])
@@ -265,6 +266,12 @@ def test_delete_checkpoints_and_delete_thread_reclaim_space(tmp_path: Path) -> N
     assert [c.id for c in fresh.list("t")] == [p.id for p in reversed(puts[40:])]
     assert fresh.get_writes("t", [str(puts[0].id)])[str(puts[0].id)] == []
     assert fresh.get_writes("t", [str(puts[50].id)])[str(puts[50].id)][0].value == "w" * 300
+    # writes of other ids are kept, as MemorySaver keeps them, until their id is deleted
+    assert fresh.get_writes("t", ["no-such-checkpoint"])["no-such-checkpoint"][0].value == \
+        "orphan"
+    saver.delete_checkpoints("t", ["no-such-checkpoint"])
+    assert FileSystemSaver(tmp_path).get_writes("t", ["no-such-checkpoint"]) == {
+        "no-such-checkpoint": []}
     saver.delete_thread("t")
     assert not os.path.exists(path) and saver.list_threads() == []
     saver.delete_checkpoints("t", ["nothing"])  # no file: nothing to do
