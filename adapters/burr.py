@@ -311,9 +311,10 @@ def _reconnect(is_async: bool, client_kwargs: dict[str, Any], options: dict[str,
 
 def _ready_on_first_use(saver: BaseSaver) -> bool:
     """True for savers that need no setup (in memory) and for savers that set themselves
-    up on their first operation (the MongoDB savers create their indexes then)."""
+    up on their first operation (the MongoDB savers create their indexes then, the file
+    store its directory): every savegame saver says so (``BaseSaver.ready_on_first_use``)."""
     needs_setup = hasattr(saver, "setup") or hasattr(saver, "asetup")
-    return not needs_setup or callable(getattr(saver, "_ensure_setup", None))
+    return not needs_setup or bool(getattr(saver, "ready_on_first_use", False))
 
 
 class _Common:

@@ -1,6 +1,7 @@
 """savegame.savers: checkpoint savers with delta-encoded, zstd-compressed storage.
 
-The MongoDB savers are imported lazily, so ``import savegame.savers`` never needs pymongo.
+The file and MongoDB savers are imported lazily, so ``import savegame.savers`` stays light
+and never needs pymongo.
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ from .registry import open_async_saver, open_saver, register_saver
 from .serde import Serializer, register_type
 
 if TYPE_CHECKING:
+    from .file import AsyncFileSystemSaver as AsyncFileSystemSaver
+    from .file import FileSystemSaver as FileSystemSaver
     from .mongodb import AsyncMongoSaver as AsyncMongoSaver
     from .mongodb import MongoSaver as MongoSaver
 
 # MongoSaver and AsyncMongoSaver import lazily (see __getattr__), so a star import of this
 # package never needs pymongo; import them by name.
 __all__ = [
+    "AsyncFileSystemSaver",
     "BaseSaver",
     "Checkpoint",
     "ConflictError",
     "CorruptCheckpointError",
+    "FileSystemSaver",
     "KeyframePolicy",
     "MemorySaver",
     "MissingDependencyError",
@@ -51,6 +56,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("FileSystemSaver", "AsyncFileSystemSaver"):
+        from . import file
+
+        return getattr(file, name)
     if name in ("MongoSaver", "AsyncMongoSaver"):
         from . import mongodb
 

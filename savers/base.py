@@ -310,6 +310,10 @@ class BaseSaver:
     #: first (``_insert`` returned HEAD_MOVED), before ConflictError; the pause between
     #: attempts grows from ``_backoff[0]`` to at most ``_backoff[1]`` seconds (jittered).
     _head_retries: ClassVar[int] = 64
+    #: The saver sets itself up on its first operation (indexes, directories); ``setup()``
+    #: where a saver has one only does it earlier. A plug-in saver that needs an explicit
+    #: setup says False.
+    ready_on_first_use: ClassVar[bool] = True
     _backoff: ClassVar[tuple[float, float]] = (0.001, 0.05)
 
     def __init__(

@@ -3,7 +3,8 @@
 Imported as ``llamaindex_workflows`` by the tests and by the subprocesses (this folder on
 ``sys.path`` in both), so event classes resolve under the same qualified name everywhere.
 
-Driver: ``python llamaindex_workflows.py COMMAND URI DATABASE THREAD [ARG]`` with COMMAND
+Driver: ``python llamaindex_workflows.py COMMAND URI DATABASE THREAD [ARG]`` (URI: MongoDB,
+or ``file:///dir`` for the file store) with COMMAND
 ``ask`` (start a human-in-the-loop run, exit once it waits), ``answer`` (answer it in this
 new process), ``steps`` (run the 3-step workflow, possibly crashing in step 2) or
 ``resume``; a last argument ``plain`` builds the checkpointer with no ``allowed_types``.
@@ -41,16 +42,24 @@ def _log(name: str) -> None:
             handle.write(name + "\n")
 
 
-async def _until_checkpointed(step_name: str) -> None:
-    """Wait until the crash thread's latest checkpoint is ``step_name``'s."""
-    import pymongo
+def open_saver(uri: str, database: str) -> Any:
+    """The saver a driver process opens: FileSystemSaver for a ``file://`` URI (DATABASE is
+    ignored), else MongoSaver; ``close()`` releases it."""
+    if uri.startswith("file:"):
+        from savegame.savers import FileSystemSaver
 
+        return FileSystemSaver.from_uri(uri)
     from savegame.savers import MongoSaver
 
+    return MongoSaver.from_uri(uri, database=database,
+                               client_options={"serverSelectionTimeoutMS": 5000})
+
+
+async def _until_checkpointed(step_name: str) -> None:
+    """Wait until the crash thread's latest checkpoint is ``step_name``'s."""
     uri, database, thread = os.environ[CRASH_IN_S2].split("|")
-    client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    saver = open_saver(uri, database)
     try:
-        saver = MongoSaver(client, database=database)
         for _ in range(500):
             latest = await saver.aget(thread)
             if latest is not None and latest.node_id == step_name:
@@ -58,7 +67,7 @@ async def _until_checkpointed(step_name: str) -> None:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no checkpoint of {step_name} in time")
     finally:
-        client.close()
+        saver.close()
 
 
 class FirstDone(Event):
@@ -142,13 +151,9 @@ HITL_TYPES: dict[str, tuple[type, ...]] = {"input_required": (), "wait_for_event
 
 async def _drive(command: str, uri: str, database: str, thread: str, arg: str,
                  plain: bool = False) -> Any:
-    import pymongo
-
     from savegame.adapters.llamaindex import WorkflowCheckpointer
-    from savegame.savers import MongoSaver
 
-    client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
-    saver = MongoSaver(client, database=database)
+    saver = open_saver(uri, database)
     # plain: no configuration at all (the events a step waits for resolve as imported)
     types = () if plain else HITL_TYPES.get(arg, ())
     try:
@@ -180,7 +185,7 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str,
             handler = await checkpointer.resume(thread)
         return {"result": await handler}
     finally:
-        client.close()
+        saver.close()
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,8 @@
 """LangGraph's own conformance kit (langgraph-checkpoint-conformance) against Checkpointer.
 
-Three set-ups: over MemorySaver, over MongoSaver on mongomock, and over AsyncMongoSaver
-through the real driver on nx-27017. Every base and extended capability must be detected
-and pass; the validator's report is printed (``pytest -s`` shows it).
+Four set-ups: over MemorySaver, over MongoSaver on mongomock, over AsyncMongoSaver
+through the real driver on nx-27017, and over FileSystemSaver. Every base and extended
+capability must be detected and pass; the validator's report is printed (``pytest -s`` shows it).
 """
 
 from __future__ import annotations
@@ -83,5 +83,18 @@ def test_conformance_async_mongosaver_nx(nx_uri: str) -> None:
                 if name.startswith(prefix):
                     await db.drop_collection(name)
             await client.close()
+
+    check(asyncio.run(validate(factory, progress=ProgressCallbacks.default())))
+
+
+def test_conformance_file(tmp_path: Any) -> None:
+    from savegame.savers import FileSystemSaver
+
+    stores = iter(range(1_000_000))
+
+    @checkpointer_test(name="savegame Checkpointer(FileSystemSaver)")
+    async def factory() -> AsyncIterator[Checkpointer]:
+        with Checkpointer(FileSystemSaver(tmp_path / f"store{next(stores)}")) as checkpointer:
+            yield checkpointer
 
     check(asyncio.run(validate(factory, progress=ProgressCallbacks.default())))

@@ -29,7 +29,7 @@ from typing_extensions import TypedDict
 from savegame.adapters.langgraph import Checkpointer
 from savegame.savers import MemorySaver
 
-STORAGES = ["memory", "mongomock", "nx_async"]
+STORAGES = ["memory", "mongomock", "nx_async", "file"]
 
 
 @pytest.fixture(params=STORAGES)
@@ -40,6 +40,8 @@ def storage(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
         made = support.MemoryStorage()
     elif request.param == "mongomock":
         made = support.MongomockStorage()
+    elif request.param == "file":
+        made = support.FileStorage(request.getfixturevalue("tmp_path") / "store")
     else:
         made = support.NxAsyncStorage(request.getfixturevalue("nx_uri"),
                                       loop.run_until_complete)

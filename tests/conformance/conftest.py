@@ -27,12 +27,14 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import file_harness
 import mongo_harness
 import pytest
 
 from savegame.savers import MemorySaver, VersionedMemorySaver
 from savegame.savers.base import BaseSaver, Call, StoredCheckpoint
 from savegame.savers.checkpoint import Checkpoint, Release
+from savegame.savers.file import AsyncFileSystemSaver, FileSystemSaver
 
 BACKENDS: list[str] = ["memory", "versioned"]
 #: Backends whose sync methods raise TypeError: only the async API mode runs for them.
@@ -51,6 +53,11 @@ VERSIONED |= set(_MONGO)
 #: exists: a delete_thread racing a writer may leave a checkpoint with a deleted parent
 #: there (MongoDB without transactions; documented in the README).
 PARENT_CHECK_NOT_ATOMIC: set[str] = set(_MONGO)
+
+# The file store (fixtures at the end of this file): FileSystemSaver and its async-only twin.
+BACKENDS += ["file", "async_file"]
+ASYNC_ONLY |= {"async_file"}
+VERSIONED |= {"file", "async_file"}
 
 
 # -- backends ------------------------------------------------------------------------
@@ -368,3 +375,38 @@ def sibling_mongo_real(backend_mongo_real: Any) -> Any:
 @pytest.fixture
 def sibling_async_mongo_real(backend_async_mongo_real: Any) -> Any:
     return _sibling_of(backend_async_mongo_real)
+
+
+# -- the file store: a fresh directory per test ------------------------------------------
+@pytest.fixture
+def backend_file(tmp_path: Any) -> Iterator[FileSystemSaver]:
+    saver = FileSystemSaver(tmp_path / "store")
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def backend_async_file(tmp_path: Any) -> Iterator[AsyncFileSystemSaver]:
+    saver = AsyncFileSystemSaver(tmp_path / "store", durability="os")  # both modes covered
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def tamper_file(backend_file: FileSystemSaver) -> file_harness.FileTamper:
+    return file_harness.FileTamper(backend_file)
+
+
+@pytest.fixture
+def tamper_async_file(backend_async_file: AsyncFileSystemSaver) -> file_harness.FileTamper:
+    return file_harness.FileTamper(backend_async_file)
+
+
+@pytest.fixture
+def sibling_file(backend_file: FileSystemSaver) -> FileSystemSaver:
+    return FileSystemSaver(backend_file.path)
+
+
+@pytest.fixture
+def sibling_async_file(backend_async_file: AsyncFileSystemSaver) -> AsyncFileSystemSaver:
+    return AsyncFileSystemSaver(backend_async_file.path, durability="os")

@@ -11,7 +11,7 @@ import mongo_harness
 import pytest
 from stress_support import SharedStore
 
-SHARED = ["mongo_nx"]
+SHARED = ["mongo_nx", "file"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -51,3 +51,13 @@ def shared_mongo_nx(nx_uri: str) -> SharedStore:
     store = SharedStore("mongo_nx", code, params, open_saver)
     store.cleanup.append(lambda: mongo_harness.drop(open_saver()))
     return store
+
+
+@pytest.fixture
+def shared_file(tmp_path_factory: pytest.TempPathFactory) -> SharedStore:
+    from savegame.savers import FileSystemSaver
+
+    path = str(tmp_path_factory.mktemp("shared-file-store"))
+    code = ("from savegame.savers import FileSystemSaver\n"
+            "saver = FileSystemSaver(params['path'])\n")
+    return SharedStore("file", code, {"path": path}, lambda: FileSystemSaver(path))
