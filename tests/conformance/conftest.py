@@ -49,6 +49,10 @@ _MONGO = ["mongo_mongomock", "async_mongo_mongomock_motor", "mongo_nx", "async_m
 BACKENDS += _MONGO
 ASYNC_ONLY |= {name for name in _MONGO if name.startswith("async_")}
 VERSIONED |= set(_MONGO)
+#: In-process emulations that scan every document in Python for each query and unique
+#: index (mongomock): the volume tests (concurrency, the 1000-step thread) run at a
+#: quarter of their size there; the real driver tiers run them in full.
+SLOW_DOUBLES: set[str] = {"mongo_mongomock", "async_mongo_mongomock_motor"}
 #: Backends whose insert cannot check, in the same atomic step, that the parent still
 #: exists: a delete_thread racing a writer may leave a checkpoint with a deleted parent
 #: there (MongoDB without transactions; documented in the README).
@@ -89,6 +93,12 @@ def saver(request: pytest.FixtureRequest, backend_name: str) -> BaseSaver:
 @pytest.fixture
 def is_versioned(backend_name: str) -> bool:
     return backend_name in VERSIONED
+
+
+@pytest.fixture
+def volume(backend_name: str) -> float:
+    """The share of a volume test's size to run on this backend (see SLOW_DOUBLES)."""
+    return 0.25 if backend_name in SLOW_DOUBLES else 1.0
 
 
 @pytest.fixture

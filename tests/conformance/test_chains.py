@@ -26,22 +26,23 @@ def text(rng: random.Random, n: int = 200) -> str:
 STEPS = 1000
 
 
-def test_thousand_step_thread_is_exact(api):
+def test_thousand_step_thread_is_exact(api, volume):
+    steps = int(STEPS * volume)
     rng = random.Random(1000)
-    lines = [text(rng) for _ in range(STEPS)]
+    lines = [text(rng) for _ in range(steps)]
 
     def state(i: int) -> dict[str, object]:
         return {"messages": lines[: i + 1], "counter": i}
 
-    puts = [api.put(cp(state=state(i), node_id=f"n{i % 3}")) for i in range(STEPS)]
-    assert [p.step for p in puts] == list(range(STEPS))
-    assert len({p.id for p in puts}) == STEPS
+    puts = [api.put(cp(state=state(i), node_id=f"n{i % 3}")) for i in range(steps)]
+    assert [p.step for p in puts] == list(range(steps))
+    assert len({p.id for p in puts}) == steps
 
     # through list, with a cold cache (decodes every chain from its keyframe)
     api.saver._cache.clear()
     listed = api.list("t")
-    assert len(listed) == STEPS
-    for got, i in zip(listed, range(STEPS - 1, -1, -1), strict=True):
+    assert len(listed) == steps
+    for got, i in zip(listed, range(steps - 1, -1, -1), strict=True):
         assert got.id == puts[i].id and got.step == i
         assert got.state["counter"] == i
         assert got.state["messages"] == lines[: i + 1]
@@ -50,14 +51,14 @@ def test_thousand_step_thread_is_exact(api):
 
     # through get-by-id, with a cold cache
     api.saver._cache.clear()
-    for i in range(STEPS):
+    for i in range(steps):
         got = api.get("t", puts[i].id)
         assert got.state["counter"] == i and got.state["messages"] == lines[: i + 1], i
 
     api.saver._cache.clear()
     latest = api.get("t")
     assert_checkpoint(latest, puts[-1])
-    assert_same(dict(latest.state), state(STEPS - 1))
+    assert_same(dict(latest.state), state(steps - 1))
 
 
 # -- the keyframe policy bounds reads ---------------------------------------------------

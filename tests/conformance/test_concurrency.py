@@ -23,7 +23,7 @@ def thread_of(shared: bool, writer: int) -> str:
     return "shared" if shared else f"writer-{writer}"
 
 
-def check(saver, run, shared: bool, results: list[list[Checkpoint]]) -> None:
+def check(saver, run, shared: bool, results: list[list[Checkpoint]], puts: int = PUTS) -> None:
     """Verify through the sync methods, or through the a-methods when ``run`` (the loop's
     run_until_complete) is given."""
     if run is None:
@@ -36,8 +36,8 @@ def check(saver, run, shared: bool, results: list[list[Checkpoint]]) -> None:
         list_all = lambda thread: run(collect(thread))  # noqa: E731
         get = lambda thread, id=None: run(saver.aget(thread, id))  # noqa: E731
 
-    written = [c for puts in results for c in puts]
-    assert len(written) == WRITERS * PUTS
+    written = [c for made in results for c in made]
+    assert len(written) == WRITERS * puts
     assert len({c.id for c in written}) == len(written), "duplicate ids"
     for puts in results:  # each writer's own puts come back in order
         assert [c.id for c in puts] == sorted(c.id for c in puts)
@@ -66,8 +66,8 @@ def check(saver, run, shared: bool, results: list[list[Checkpoint]]) -> None:
     if not shared:
         for w in range(WRITERS):
             latest = get(thread_of(False, w))
-            assert latest.state["i"] == PUTS - 1
-            assert latest.step == PUTS - 1
+            assert latest.state["i"] == puts - 1
+            assert latest.step == puts - 1
     else:
         assert_one_line(list_all("shared"), get("shared"))
 
@@ -87,23 +87,25 @@ def assert_one_line(items: list[Checkpoint], latest: Checkpoint) -> None:
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-thread", "shared-thread"])
-def test_threads(saver, sync_ok, shared):
+def test_threads(saver, sync_ok, shared, volume):
+    puts = int(PUTS * volume)
 
     def writer(w: int) -> list[Checkpoint]:
         return [saver.put(Checkpoint(thread_of(shared, w), state_of(w, i)))
-                for i in range(PUTS)]
+                for i in range(puts)]
 
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
         results = list(pool.map(writer, range(WRITERS)))
-    check(saver, None, shared, results)
+    check(saver, None, shared, results, puts)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-thread", "shared-thread"])
-def test_tasks(saver, loop, shared):
+def test_tasks(saver, loop, shared, volume):
+    puts = int(PUTS * volume)
 
     async def writer(w: int) -> list[Checkpoint]:
         out = []
-        for i in range(PUTS):
+        for i in range(puts):
             out.append(await saver.aput(Checkpoint(thread_of(shared, w), state_of(w, i))))
             if i % 10 == 0:
                 await asyncio.sleep(0)
@@ -113,7 +115,7 @@ def test_tasks(saver, loop, shared):
         return list(await asyncio.gather(*(writer(w) for w in range(WRITERS))))
 
     results = loop.run_until_complete(main())
-    check(saver, loop.run_until_complete, shared, results)
+    check(saver, loop.run_until_complete, shared, results, puts)
 
 
 def test_tasks_mixed_reads_and_writes(api, loop):
