@@ -193,17 +193,22 @@ class Deployment:
             node.stop()
 
 
-def start_single(workdir: Path) -> Deployment:
-    deployment = Deployment("single", [start_node(workdir / "single", "--appendonly", "no")])
+def _persistence(aof: bool) -> list[str]:
+    """AOF fsynced on every write (a killed server loses nothing it acknowledged), or none."""
+    return ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
+
+
+def start_single(workdir: Path, *, aof: bool = False) -> Deployment:
+    deployment = Deployment("single", [start_node(workdir / "single", *_persistence(aof))])
     deployment.client = deployment.sync_client()
     return deployment
 
 
-def start_cluster(workdir: Path) -> Deployment:
+def start_cluster(workdir: Path, *, aof: bool = False) -> Deployment:
     """Three masters joined with ``redis-cli --cluster create`` (no replicas)."""
     import redis
 
-    nodes = [start_node(workdir / f"node{i}", "--appendonly", "no", "--cluster-enabled",
+    nodes = [start_node(workdir / f"node{i}", *_persistence(aof), "--cluster-enabled",
                         "yes", "--cluster-config-file", "nodes.conf",
                         "--cluster-node-timeout", "5000", cluster=True) for i in range(3)]
     deployment = Deployment("cluster", nodes)
@@ -252,6 +257,11 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployme
     deployment = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
     yield deployment
     deployment.close()
+
+
+def start(name: str, workdir: Path, *, aof: bool = False) -> Deployment:
+    """A new deployment of its own (for tests that kill or reconfigure servers)."""
+    return (start_cluster if name == "cluster" else start_single)(workdir, aof=aof)
 
 
 def deployment(request: pytest.FixtureRequest, name: str) -> Deployment:

@@ -143,8 +143,8 @@ class RedisSaver(BaseSaver):
                     raise
             except ResponseError as exc:
                 raise sh.RedisStoreError(
-                    f"Redis refused to {what} (keys {keys.records!r}, ...): {exc}"
-                ) from exc
+                    f"Redis refused to {what} (keys {keys.records!r}, ...): "
+                    f"{type(exc).__name__}: {exc}") from exc
 
     def _command(self, what: str, method: str, *args: Any) -> Any:
         attempt = 0
@@ -156,7 +156,8 @@ class RedisSaver(BaseSaver):
                 if attempt > self.retries:
                     raise
             except ResponseError as exc:
-                raise sh.RedisStoreError(f"Redis refused to {what}: {exc}") from exc
+                raise sh.RedisStoreError(
+                    f"Redis refused to {what}: {type(exc).__name__}: {exc}") from exc
 
     def _keys(self, thread_id: str) -> sh.ThreadKeys:
         return sh.ThreadKeys.of(self.key_prefix, thread_id)
@@ -205,7 +206,7 @@ class RedisSaver(BaseSaver):
             known = thread_id in self._registered
         if known and not force:
             return
-        self._command("register a thread", "zadd", self._registry,
+        self._command(f"register thread {thread_id!r}", "zadd", self._registry,
                          {sh._utf8(thread_id): 0})
         with self._lock:
             self._registered[thread_id] = None
@@ -382,12 +383,16 @@ class RedisSaver(BaseSaver):
             return None
         chunked, pieces = sh.split_record(record, self.chunk_bytes)
         names = sh.chunk_fields(chunked[0], chunked[1])
-        for start in range(0, len(pieces), sh.CHUNKS_PER_CALL):
-            args: list[Any] = [sh._utf8(keys.thread_id), self._ttl_ms]
-            for name, piece in zip(names[start:start + sh.CHUNKS_PER_CALL],
-                                   pieces[start:start + sh.CHUNKS_PER_CALL], strict=True):
-                args += [name, piece]
-            self._run_script("pieces", keys, args, what)
+        try:
+            for start in range(0, len(pieces), sh.CHUNKS_PER_CALL):
+                args: list[Any] = [sh._utf8(keys.thread_id), self._ttl_ms]
+                for name, piece in zip(names[start:start + sh.CHUNKS_PER_CALL],
+                                       pieces[start:start + sh.CHUNKS_PER_CALL], strict=True):
+                    args += [name, piece]
+                self._run_script("pieces", keys, args, what)
+        except sh.RedisStoreError:  # refused (out of memory...): no piece is left behind
+            self._drop_pieces(keys, chunked)
+            raise
         return chunked
 
     def _drop_pieces(self, keys: sh.ThreadKeys, chunked: tuple[str, int, int]) -> None:
