@@ -40,16 +40,28 @@ def _log(name: str) -> None:
             handle.write(name + "\n")
 
 
-async def _until_checkpointed(step_name: str) -> None:
-    """Wait until the crash thread's latest checkpoint is ``step_name``'s."""
+def open_saver(uri: str, database: str) -> Any:
+    """A saver owning a new client: MongoSaver for ``mongodb://`` (``database``), RedisSaver
+    for ``redis://`` and ``rediscluster://`` (a Redis Cluster; ``database`` = key prefix)."""
+    if uri.startswith(("redis://", "rediscluster://")):
+        from savegame.savers import RedisSaver
+
+        cluster = uri.startswith("rediscluster://")
+        return RedisSaver.from_uri(uri.replace("rediscluster://", "redis://", 1),
+                                   cluster=cluster, key_prefix=database)
     import pymongo
 
     from savegame.savers import MongoSaver
 
-    uri, database, thread = os.environ[CRASH_IN_S2].split("|")
     client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    return MongoSaver(client, database=database, owns_client=True)
+
+
+async def _until_checkpointed(step_name: str) -> None:
+    """Wait until the crash thread's latest checkpoint is ``step_name``'s."""
+    uri, database, thread = os.environ[CRASH_IN_S2].split("|")
+    saver = open_saver(uri, database)
     try:
-        saver = MongoSaver(client, database=database)
         for _ in range(500):
             latest = await saver.aget(thread)
             if latest is not None and latest.node_id == step_name:
@@ -57,7 +69,7 @@ async def _until_checkpointed(step_name: str) -> None:
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no checkpoint of {step_name} in time")
     finally:
-        client.close()
+        saver.close()
 
 
 class FirstDone(Event):
@@ -140,13 +152,9 @@ HITL_TYPES: dict[str, tuple[type, ...]] = {"input_required": (), "wait_for_event
 
 
 async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -> Any:
-    import pymongo
-
     from savegame.adapters.llamaindex import WorkflowCheckpointer
-    from savegame.savers import MongoSaver
 
-    client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
-    saver = MongoSaver(client, database=database)
+    saver = open_saver(uri, database)
     try:
         if command == "ask":
             checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
@@ -176,7 +184,7 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
             handler = await checkpointer.resume(thread)
         return {"result": await handler}
     finally:
-        client.close()
+        saver.close()
 
 
 def main(argv: list[str]) -> None:
