@@ -294,6 +294,16 @@ def async_saver(where: Deployment, loop: asyncio.AbstractEventLoop,
         where.drop(saver.key_prefix)
 
 
+def member_of(client: Any, keys: Any, namespace: str, checkpoint_id: str) -> bytes | None:
+    """The member of a stored checkpoint in the thread's ``c`` sorted set."""
+    from savegame.savers.redis import _shared
+
+    prefix = _shared.field(namespace, checkpoint_id)
+    found = client.zrangebylex(keys.records, b"[" + prefix + b"\0", b"(" + prefix + b"\1",
+                               start=0, num=1)
+    return found[0] if found else None
+
+
 class Tamper:
     """``corrupt`` / ``remove`` / ``alter`` a stored checkpoint, through a sync client."""
 
@@ -306,15 +316,19 @@ class Tamper:
 
     def _get(self, thread_id: str, namespace: str, checkpoint_id: str) -> Any:
         keys = self.sh.ThreadKeys.of(self.saver.key_prefix, thread_id)
-        value = self.client.hget(keys.records, self.sh.field(namespace, checkpoint_id))
-        assert value is not None, "no such record"
-        parsed = self.sh.unpack_checkpoint(thread_id, namespace, checkpoint_id, value)
+        member = member_of(self.client, keys, namespace, checkpoint_id)
+        assert member is not None, "no such record"
+        parsed = self.sh.unpack_checkpoint(thread_id, namespace, checkpoint_id,
+                                           self.sh.split_member(member)[2])
         assert parsed.pieces is None, "chunked records are not tampered with here"
         return keys, parsed.stored
 
     def _put(self, keys: Any, stored: Any) -> None:
-        self.client.hset(keys.records, self.sh.field(stored.namespace, stored.id),
-                         self.sh.pack_checkpoint(stored, None))
+        old = member_of(self.client, keys, stored.namespace, stored.id)
+        self.client.zrem(keys.records, old)
+        value = self.sh.pack_checkpoint(stored, None)
+        self.client.zadd(keys.records, {self.sh.field(stored.namespace, stored.id) + b"\0"
+                                        + value: 0})
 
     def corrupt(self, thread_id: str, namespace: str, checkpoint_id: str) -> None:
         keys, stored = self._get(thread_id, namespace, checkpoint_id)

@@ -5,20 +5,22 @@ value and script call here, so the two read and write exactly the same layout.
 
 Keys of one thread (``P`` = the saver's ``key_prefix``, ``T`` = the thread's tag)::
 
-    P:{T}:m   hash    the thread's meta: ``t`` thread id, ``l`` layout version,
-                      ``h<ns>`` = "<seq>:<id>" of each namespace's latest checkpoint,
-                      ``rv`` last released version, ``rt`` "<token>:<version>" of the last
-                      release, ``V<n>`` = number of checkpoints released as version n
-    P:{T}:c   hash    ``<ns>\\0<id>`` -> the checkpoint's value (envelope + record bytes)
-    P:{T}:o   zset    ``<ns>\\0<id>``, all scores 0: checkpoint ids in string order (list)
-    P:{T}:w   hash    ``<ns>\\0<id>`` -> the checkpoint's pending writes (one msgpack array)
-    P:{T}:x   hash    ``<token>:<i>`` -> piece i of a record too big for one value
-    P:{T}:a   hash    ``<version>\\0<ns>\\0<id>`` -> a released checkpoint's value
-    P:{T}:ao  zset    ``<version>\\0<ns>\\0<id>``, scores 0: released checkpoints per version
-    P:threads zset    thread ids, scores 0: the registry ``list_threads`` reads by prefix
+    P:{T}:m   hash   the thread's meta: ``t`` thread id, ``l`` layout version, ``h<ns>`` =
+                     "<seq>:<id>" of each namespace's latest checkpoint, ``rv`` the last
+                     released version, ``rt`` "<token>:<version>" of the last release,
+                     ``V<n>`` = number of checkpoints released as version n
+    P:{T}:c   zset   one member per checkpoint, ``<ns>\\0<id>\\0<value>``, all scores 0:
+                     lexical order is (namespace, id) order, so a get by id, the newest
+                     page before an id and a namespace's whole run are ZRANGEBYLEX ranges,
+                     and one entry per checkpoint carries its record (no second index)
+    P:{T}:w   hash   ``<ns>\\0<id>`` -> pending writes of a checkpoint not stored (yet);
+                     writes of a stored checkpoint live in its value
+    P:{T}:x   hash   ``<token>:<i>`` -> piece i of a record too big for one value
+    P:{T}:a   zset   released runs: ``<version>\\0<ns>\\0<id>\\0<value>``, scores 0
+    P:threads zset   thread ids, scores 0: the registry ``list_threads`` reads by prefix
 
 Every key of a thread carries the same hash tag ``{T}``, so a thread lives in one cluster
-slot and each script below (which names all seven keys) runs atomically there. ``T`` is
+slot and each script below (which names all five keys) runs atomically there. ``T`` is
 the thread id itself when it is short and made of ``[A-Za-z0-9_.:/@=+-]`` only, else
 ``#`` followed by a 128-bit BLAKE2b of its UTF-8 bytes (``#`` is not in the plain
 alphabet, so the two forms never collide); ``t`` in the meta hash names the thread a tag
@@ -27,24 +29,26 @@ belongs to, and a write to a tag owned by another thread id is refused.
 Checkpoint value: a concatenation of msgpack objects (Lua reads the first ones with
 ``cmsgpack.unpack_limit`` without touching the record)::
 
-    fmt  seq  step  depth  ts_ms  parent  kf  base  node  next  meta  record
+    fmt  seq  step  depth  ts  parent  kf  base  node  next  meta  record  [writes]
 
-``kf`` is nil when the checkpoint is its own keyframe, ``base`` nil (keyframe), true (the
-parent) or an id; ``meta`` the metadata as JSON bytes (nil when empty); ``record`` the
+``ts`` is created_at in ms since 1970 (6 bytes, big-endian), ``kf`` is nil when the
+checkpoint is its own keyframe, ``base`` nil (keyframe), true (the parent) or an id; ids
+that are canonical lowercase UUIDs (what LangGraph and savegame make) are stored as 0xff +
+their 16 bytes; ``meta`` the metadata, a msgpack map (nil when empty); ``record`` the
 record bytes, or ``[token, n, size]`` when the record is split into ``n`` pieces in ``x``
-(written before the value that refers to them, so a reader never sees half a record).
-
-Pending writes of one checkpoint: a msgpack array of ``[task, index, channel, path,
-record]``.
+(written before the value that refers to them, so a reader never sees half a record);
+``writes`` the checkpoint's pending writes, a msgpack array of ``[task, index, channel,
+path, record]``. Text and bytes are both msgpack raw strings (Redis's cmsgpack has no bin
+type).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +76,7 @@ CHUNK_BYTES = 4 << 20
 #: How many pieces one round trip writes (bounds the bytes of one pipeline).
 CHUNKS_PER_CALL = 4
 #: Suffixes of a thread's keys, in the order every script receives them as KEYS.
-SUFFIXES = ("m", "c", "o", "w", "x", "a", "ao")
+SUFFIXES = ("m", "c", "w", "x", "a")
 _PLAIN_TAG = re.compile(r"[A-Za-z0-9_.:/@=+\-]{1,64}")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -112,7 +116,7 @@ def check_prefix(prefix: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ThreadKeys:
-    """The seven keys of one thread, in script order."""
+    """The five keys of one thread, in script order."""
 
     thread_id: str
     keys: tuple[str, ...]
@@ -132,11 +136,11 @@ class ThreadKeys:
 
     @property
     def writes(self) -> str:
-        return self.keys[3]
+        return self.keys[2]
 
     @property
     def chunks(self) -> str:
-        return self.keys[4]
+        return self.keys[3]
 
 
 def registry_key(prefix: str) -> str:
@@ -150,6 +154,38 @@ def field(namespace: str, checkpoint_id: str) -> bytes:
 def split_field(data: bytes) -> tuple[str, str]:
     namespace, _, checkpoint_id = data.partition(b"\0")
     return _text(namespace), _text(checkpoint_id)
+
+
+def split_member(member: bytes) -> tuple[str, str, bytes]:
+    """(namespace, id, value) of a member of ``c`` (neither id holds a NUL)."""
+    namespace, rest = member.split(b"\0", 1)
+    checkpoint_id, value = rest.split(b"\0", 1)
+    return _text(namespace), _text(checkpoint_id), value
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def ref(identifier: str) -> bytes:
+    """An id as stored inside values: a canonical lowercase UUID as 0xff + its 16 bytes
+    (0xff never occurs in UTF-8 text), anything else as its UTF-8 bytes."""
+    if len(identifier) == 36 and _UUID.fullmatch(identifier):
+        return b"\xff" + uuid.UUID(identifier).bytes
+    return _utf8(identifier)
+
+
+def unref(data: bytes) -> str:
+    if len(data) == 17 and data[0] == 0xFF:
+        return str(uuid.UUID(bytes=data[1:]))
+    return _text(data)
+
+
+def _opt_ref(identifier: str | None) -> bytes | None:
+    return None if identifier is None else ref(identifier)
+
+
+def _opt_unref(data: bytes | None) -> str | None:
+    return None if data is None else unref(data)
 
 
 def new_token() -> str:
@@ -175,16 +211,29 @@ def _opt_text(data: bytes | None) -> str | None:
     return None if data is None else _text(data)
 
 
-def pack_metadata(metadata: Mapping[str, Any]) -> bytes | None:
+def pack_metadata(metadata: Mapping[str, Any] | None) -> bytes | None:
+    """Metadata as msgpack (JSON-like values: types kept exactly, 64-bit ints included)."""
     if not metadata:
         return None
-    return _utf8(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False))
+    return _packb(dict(metadata))
+
+
+def _texts(value: Any) -> Any:
+    """A msgpack value read with ``raw=True``, its raw strings decoded (metadata holds no
+    bytes, so every raw string is text)."""
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, list):
+        return [_texts(item) for item in value]
+    if isinstance(value, dict):
+        return {_text(key): _texts(item) for key, item in value.items()}
+    return value
 
 
 def unpack_metadata(data: bytes | None) -> dict[str, Any]:
     if data is None:
         return {}
-    out: dict[str, Any] = json.loads(_text(data))
+    out: dict[str, Any] = _texts(msgpack.unpackb(data, raw=True))
     return out
 
 
@@ -193,21 +242,24 @@ def pack_checkpoint(stored: StoredCheckpoint, chunked: tuple[str, int, int] | No
     stored in pieces)."""
     base: Any = None
     if stored.base_id is not None:
-        base = True if stored.base_id == stored.parent_id else stored.base_id
+        base = True if stored.base_id == stored.parent_id else ref(stored.base_id)
     record: Any = list(chunked) if chunked is not None else stored.record
     return b"".join(_packb(item) for item in (
-        LAYOUT_VERSION, stored.seq, stored.step, stored.depth, ms(stored.created_at),
-        stored.parent_id, None if stored.keyframe_id == stored.id else stored.keyframe_id,
+        LAYOUT_VERSION, stored.seq, stored.step, stored.depth,
+        ms(stored.created_at).to_bytes(6, "big", signed=True),
+        _opt_ref(stored.parent_id),
+        None if stored.keyframe_id == stored.id else ref(stored.keyframe_id),
         base, stored.node_id, stored.next_node_id, pack_metadata(stored.metadata), record,
     ))
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """A checkpoint value, parsed; ``record`` is None while its pieces are not joined."""
+    """A checkpoint value, parsed; ``record`` is empty while its pieces are not joined."""
 
     stored: StoredCheckpoint
     pieces: tuple[str, int, int] | None  # (token, n, size) of a chunked record
+    writes: Any = None  # the pending writes stored in the value (msgpack array), if any
 
 
 def unpack_checkpoint(thread_id: str, namespace: str, checkpoint_id: str,
@@ -225,15 +277,15 @@ def unpack_checkpoint(thread_id: str, namespace: str, checkpoint_id: str,
             f"checkpoint {checkpoint_id!r} of thread {thread_id!r} was written with Redis "
             f"layout {fields[0]}; this savegame reads layout {LAYOUT_VERSION} and older: "
             "upgrade savegame to read it")
-    if len(fields) != 12:
+    if len(fields) not in (12, 13):
         raise CorruptCheckpointError(f"the stored value has {len(fields)} fields, not 12",
                                      **where)
-    _, seq, step, depth, ts, parent, kf, base, node, nxt, meta, record = fields
+    _, seq, step, depth, ts, parent, kf, base, node, nxt, meta, record = fields[:12]
     pieces: tuple[str, int, int] | None = None
     if isinstance(record, list):
         token, count, size = record
         pieces, record = (_text(token), int(count), int(size)), b""
-    parent_id = _opt_text(parent)
+    parent_id = _opt_unref(parent)
     try:
         metadata = unpack_metadata(meta)
     except ValueError as exc:
@@ -242,12 +294,13 @@ def unpack_checkpoint(thread_id: str, namespace: str, checkpoint_id: str,
     stored = StoredCheckpoint(
         thread_id=thread_id, namespace=namespace, id=checkpoint_id, parent_id=parent_id,
         step=int(step), node_id=_opt_text(node), next_node_id=_opt_text(nxt),
-        metadata=metadata, created_at=from_ms(int(ts)), record=bytes(record),
-        keyframe_id=checkpoint_id if kf is None else _text(kf),
-        base_id=parent_id if base is True else _opt_text(base), depth=int(depth),
+        metadata=metadata, created_at=from_ms(int.from_bytes(ts, "big", signed=True)),
+        record=bytes(record),
+        keyframe_id=checkpoint_id if kf is None else unref(kf),
+        base_id=parent_id if base is True else _opt_unref(base), depth=int(depth),
         seq=int(seq),
     )
-    return Parsed(stored, pieces)
+    return Parsed(stored, pieces, fields[12] if len(fields) == 13 else None)
 
 
 def chunk_fields(token: str, count: int) -> list[str]:
@@ -282,18 +335,33 @@ def _with_record(stored: StoredCheckpoint, record: bytes) -> StoredCheckpoint:
 
 
 def pack_writes(writes: Iterable[StoredWrite]) -> bytes:
-    return _packb([[w.task_id, w.index, w.channel, w.task_path, w.record] for w in writes])
+    """Pending writes of one checkpoint: ``[task, index, channel, path, record]`` each,
+    ``task`` and ``path`` false when the same as the entry before (a task's writes come
+    together)."""
+    entries: list[list[Any]] = []
+    task: bytes | None = None
+    path: str | None = None
+    for w in writes:
+        this = ref(w.task_id)
+        entries.append([False if this == task else this, w.index, w.channel,
+                        False if w.task_path == path else w.task_path, w.record])
+        task, path = this, w.task_path
+    return _packb(entries)
 
 
 def unpack_writes(thread_id: str, namespace: str, checkpoint_id: str,
-                  value: bytes) -> list[StoredWrite]:
-    """Pending writes of one checkpoint (Lua's merge stores text as msgpack raw strings,
-    so every field is read as bytes)."""
+                  value: bytes | list[Any]) -> list[StoredWrite]:
+    """Pending writes of one checkpoint (packed, or the array a parsed value holds)."""
     try:
-        entries = msgpack.unpackb(value, raw=True)
-        return [StoredWrite(thread_id, namespace, checkpoint_id, _text(task), int(index),
-                            _text(channel), _text(path), bytes(record))
-                for task, index, channel, path, record in entries]
+        entries = msgpack.unpackb(value, raw=True) if isinstance(value, bytes) else value
+        out = []
+        task = path = b""
+        for this, index, channel, this_path, record in entries:
+            task = task if this is False else this
+            path = path if this_path is False else this_path
+            out.append(StoredWrite(thread_id, namespace, checkpoint_id, unref(task),
+                                   int(index), _text(channel), _text(path), bytes(record)))
+        return out
     except Exception as exc:
         raise CorruptCheckpointError(f"cannot parse stored pending writes: {exc}",
                                      thread_id=thread_id, namespace=namespace,
@@ -301,8 +369,7 @@ def unpack_writes(thread_id: str, namespace: str, checkpoint_id: str,
 
 
 def metadata_filter(metadata: Mapping[str, Any] | None) -> bytes:
-    return b"" if not metadata else _utf8(json.dumps(metadata, separators=(",", ":"),
-                                                     ensure_ascii=False))
+    return pack_metadata(metadata) or b""
 
 
 def ttl_ms(seconds: float | None) -> int:
@@ -318,17 +385,27 @@ def prefix_range(prefix: str) -> tuple[bytes, bytes]:
 
 
 # -- Lua ---------------------------------------------------------------------------------
-# Every script receives the seven keys of one thread (SUFFIXES order) and touches no other
+# Every script receives the five keys of one thread (SUFFIXES order) and touches no other
 # key, so it runs on the thread's slot in a cluster and is atomic there.
 _PRELUDE = r"""
-local M, C, O, W, X, A, AO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local M, C, W, X, A = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local function pack(...) return {n = select('#', ...), ...} end
+-- a compact id (0xff + 16 bytes of a UUID) as its text
+local function expand(s)
+  if type(s) == 'string' and #s == 17 and string.byte(s, 1) == 255 then
+    local h = (string.gsub(string.sub(s, 2), '.', function(c)
+      return string.format('%02x', string.byte(c)) end))
+    return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-' .. string.sub(h, 13, 16)
+      .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)
+  end
+  return s
+end
 -- seq, keyframe id, base id (nil for a keyframe) of the value of checkpoint cid
 local function info(cid, v)
   local t = pack(cmsgpack.unpack_limit(v, 8, 0))
-  local parent, kf, base = t[7], t[8], t[9]
+  local parent, kf, base = expand(t[7]), expand(t[8]), t[9]
   if kf == nil then kf = cid end
-  if base == true then base = parent end
+  if base == true then base = parent else base = expand(base) end
   return t[3], kf, base
 end
 local function pieces(v)
@@ -336,6 +413,17 @@ local function pieces(v)
   local r = t[13]
   if type(r) == 'table' then return r[1], r[2] end
   return nil, 0
+end
+-- a value without / only the pending writes stored after its twelve fields
+local function head_part(v)
+  local t = pack(cmsgpack.unpack_limit(v, 12, 0))
+  if t[1] == -1 then return v end
+  return string.sub(v, 1, t[1])
+end
+local function writes_of(v)
+  local t = pack(cmsgpack.unpack_limit(v, 12, 0))
+  if t[1] == -1 then return '' end
+  return string.sub(v, t[1] + 1)
 end
 local function drop_pieces(token, n)
   if token and n > 0 then
@@ -358,29 +446,90 @@ local function claim(tid)
   if not owner then redis.call('HSET', M, 't', tid, 'l', '1') end
   return nil
 end
-local function cid_of(ns, f) return string.sub(f, #ns + 2) end
 local function lo(ns) return '[' .. ns .. '\0' end
 local function hi(ns) return '(' .. ns .. '\1' end
+-- the member of checkpoint cid of ns (ns \0 cid \0 value), or nil
+local function find(ns, cid)
+  return redis.call('ZRANGEBYLEX', C, '[' .. ns .. '\0' .. cid .. '\0',
+    '(' .. ns .. '\0' .. cid .. '\1', 'LIMIT', 0, 1)[1]
+end
+-- cid and value of a member of ns
+local function split(ns, m)
+  local stop = string.find(m, '\0', #ns + 2, true)
+  return string.sub(m, #ns + 2, stop - 1), string.sub(m, stop + 1)
+end
+local function store(ns, cid, v) redis.call('ZADD', C, 0, ns .. '\0' .. cid .. '\0' .. v) end
+-- entries of packed writes with task (1) and path (4) filled in where false = "as before"
+local function expand_writes(packed)
+  local entries = cmsgpack.unpack(packed)
+  local task, path = '', ''
+  for _, e in ipairs(entries) do
+    if e[1] == false then e[1] = task else task = e[1] end
+    if e[4] == false then e[4] = path else path = e[4] end
+  end
+  return entries
+end
+local function merge_writes(current, incoming, replace)
+  if current == '' then return incoming end
+  if incoming == '' then return current end
+  local entries, index = expand_writes(current), {}
+  for j, e in ipairs(entries) do index[e[1] .. '\0' .. tostring(e[2])] = j end
+  for _, e in ipairs(expand_writes(incoming)) do
+    local k = e[1] .. '\0' .. tostring(e[2])
+    local j = index[k]
+    if j == nil then
+      entries[#entries + 1] = e
+      index[k] = #entries
+    elseif replace then
+      entries[j] = e
+    end
+  end
+  local task, path = nil, nil
+  for _, e in ipairs(entries) do
+    local this, this_path = e[1], e[4]
+    if this == task then e[1] = false end
+    if this_path == path then e[4] = false end
+    task, path = this, this_path
+  end
+  return cmsgpack.pack(entries)
+end
+-- attach writes to checkpoint cid of ns: inside its value when it is stored, else in W
+local function add_writes(ns, cid, packed, replace)
+  local m = find(ns, cid)
+  if m then
+    local _, v = split(ns, m)
+    redis.call('ZREM', C, m)
+    store(ns, cid, head_part(v) .. merge_writes(writes_of(v), packed, replace))
+  else
+    local f = ns .. '\0' .. cid
+    redis.call('HSET', W, f, merge_writes(redis.call('HGET', W, f) or '', packed, replace))
+  end
+end
 -- the checkpoint (seq, id) with the highest seq of ns, or nil
 local function highest(ns)
   local best, best_id = nil, nil
-  for _, f in ipairs(redis.call('ZRANGEBYLEX', O, lo(ns), hi(ns))) do
-    local cid = cid_of(ns, f)
-    local seq = info(cid, redis.call('HGET', C, f))
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', C, lo(ns), hi(ns))) do
+    local cid, v = split(ns, m)
+    local seq = info(cid, v)
     if best == nil or seq > best then best, best_id = seq, cid end
   end
   return best, best_id
 end
-local function drop_checkpoint(f, v)
+local function drop_checkpoint(ns, m)
+  local _, v = split(ns, m)
   drop_pieces(pieces(v))
-  redis.call('HDEL', C, f)
-  redis.call('ZREM', O, f)
-  redis.call('HDEL', W, f)
+  redis.call('ZREM', C, m)
 end
 local function fix_head(ns)
   local seq, cid = highest(ns)
   if seq == nil then redis.call('HDEL', M, 'h' .. ns)
   else redis.call('HSET', M, 'h' .. ns, string.format('%d', seq) .. ':' .. cid) end
+end
+local function head_id(ns)
+  local head = redis.call('HGET', M, 'h' .. ns)
+  if not head then return nil, nil end
+  local colon = string.find(head, ':', 1, true)
+  return tonumber(string.sub(head, 1, colon - 1)), string.sub(head, colon + 1)
 end
 """
 
@@ -400,35 +549,36 @@ local function reject(reply, existing)
 end
 local err = claim(tid)
 if err then return reject(err) end
-local f = ns .. '\0' .. cid
-local existing = redis.call('HGET', C, f)
-if existing then return reject({1, existing}, existing) end
-local head = redis.call('HGET', M, 'h' .. ns)
-if head then
-  local colon = string.find(head, ':', 1, true)
-  if seq <= tonumber(string.sub(head, 1, colon - 1)) then return reject({2}) end
+local existing = find(ns, cid)
+if existing then
+  local _, v = split(ns, existing)
+  return reject({1, v}, v)
 end
-if parent ~= '' and redis.call('HEXISTS', C, ns .. '\0' .. parent) == 0 then
-  return reject({2})
-end
+local head_seq = head_id(ns)
+if head_seq and seq <= head_seq then return reject({2}) end
+if parent ~= '' and not find(ns, parent) then return reject({2}) end
 local created = 1 - redis.call('EXISTS', C)
-redis.call('HSET', C, f, ARGV[6])
-redis.call('ZADD', O, 0, f)
+local f = ns .. '\0' .. cid
+local early = redis.call('HGET', W, f)  -- writes stored before their checkpoint
+if early then redis.call('HDEL', W, f) end
+store(ns, cid, ARGV[6] .. (early or ''))
 redis.call('HSET', M, 'h' .. ns, ARGV[4] .. ':' .. cid)
 if keep > 0 and ARGV[9] == '1' then
   -- a new chain starts: drop whole chains holding none of the keep newest checkpoints
-  local newest = redis.call('ZREVRANGEBYLEX', O, hi(ns), lo(ns), 'LIMIT', 0, keep)
+  local newest = redis.call('ZREVRANGEBYLEX', C, hi(ns), lo(ns), 'LIMIT', 0, keep)
   if #newest == keep then
     local kept = {}
-    for _, g in ipairs(newest) do
-      local _, kf = info(cid_of(ns, g), redis.call('HGET', C, g))
+    for _, m in ipairs(newest) do
+      local _, kf = info(split(ns, m))
       kept[kf] = true
     end
-    for _, g in ipairs(redis.call('ZRANGEBYLEX', O, lo(ns), '(' .. newest[#newest])) do
-      if g ~= f then
-        local v = redis.call('HGET', C, g)
-        local _, kf = info(cid_of(ns, g), v)
-        if not kept[kf] then drop_checkpoint(g, v) end
+    local last = newest[#newest]
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', C, lo(ns), '(' .. last)) do
+      local other, v = split(ns, m)
+      local _, kf = info(other, v)
+      if other ~= cid and not kept[kf] then
+        drop_checkpoint(ns, m)
+        redis.call('HDEL', W, ns .. '\0' .. other)
       end
     end
   end
@@ -442,8 +592,8 @@ return {0, created}
 # ARGV: ns, mode ('id' | 'latest' | 'list'), id or before ('' = none), limit (0 = none),
 #       metadata filter JSON ('' = none), max_path, budget (values a list may scan),
 #       known ids...
-# Returns {npage, resume, page f/v pairs..., path f/v pairs...}; resume = the last field a
-# filtered list scanned when it stopped on its budget ('' = done).
+# Returns {npage, resume, page id/value pairs..., path id/value pairs...}; resume = the
+# last id a filtered list scanned when it stopped on its budget ('' = done).
 _READ = _PRELUDE + r"""
 local ns, mode, arg, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local filter_json, max_path, budget = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -458,15 +608,17 @@ local function same(a, b)
   for k, _ in pairs(b) do if a[k] == nil then return false end end
   return true
 end
+-- Metadata and filter are msgpack maps; cmsgpack reads numbers as doubles and drops
+-- nil values on both sides alike, so this equality may keep too much, never too little:
+-- the client checks exactly.
 local filter = nil
-if filter_json ~= '' then filter = cjson.decode(filter_json) end
--- may the value match the filter? (exact equality is checked by the client)
+if filter_json ~= '' then filter = cmsgpack.unpack(filter_json) end
 local function candidate(v)
   if filter == nil then return true end
   local t = pack(cmsgpack.unpack_limit(v, 11, 0))
-  local meta_json = t[12]
-  if meta_json == nil then return false end
-  local ok, meta = pcall(cjson.decode, meta_json)
+  local packed = t[12]
+  if packed == nil then return false end
+  local ok, meta = pcall(cmsgpack.unpack, packed)
   if not ok or type(meta) ~= 'table' then return true end
   for k, want in pairs(filter) do
     local have = meta[k]
@@ -474,62 +626,61 @@ local function candidate(v)
   end
   return true
 end
+local function add(m)
+  local cid, v = split(ns, m)
+  page[#page + 1] = {cid, v}
+end
 if mode == 'id' then
-  local v = redis.call('HGET', C, ns .. '\0' .. arg)
-  if v then page[1] = {ns .. '\0' .. arg, v} end
+  local m = find(ns, arg)
+  if m then add(m) end
 elseif mode == 'latest' then
-  local head = redis.call('HGET', M, 'h' .. ns)
-  if head then
-    local f = ns .. '\0' .. string.sub(head, string.find(head, ':', 1, true) + 1)
-    local v = redis.call('HGET', C, f)
-    if v then page[1] = {f, v} end
+  local _, cid = head_id(ns)
+  if cid then
+    local m = find(ns, cid)
+    if m then add(m) end
   end
 else
   local top = hi(ns)
-  if arg ~= '' then top = '(' .. ns .. '\0' .. arg end
+  if arg ~= '' then top = '(' .. ns .. '\0' .. arg .. '\0' end
   if filter == nil then
-    local fs
+    local ms
     if limit > 0 then
-      fs = redis.call('ZREVRANGEBYLEX', O, top, lo(ns), 'LIMIT', 0, limit)
+      ms = redis.call('ZREVRANGEBYLEX', C, top, lo(ns), 'LIMIT', 0, limit)
     else
-      fs = redis.call('ZREVRANGEBYLEX', O, top, lo(ns))
+      ms = redis.call('ZREVRANGEBYLEX', C, top, lo(ns))
     end
-    if #fs > 0 then
-      local vs = redis.call('HMGET', C, unpack(fs))
-      for i = 1, #fs do if vs[i] then page[#page + 1] = {fs[i], vs[i]} end end
-    end
+    for _, m in ipairs(ms) do add(m) end
   else
     local scanned, offset = 0, 0
     while true do
-      local fs = redis.call('ZREVRANGEBYLEX', O, top, lo(ns), 'LIMIT', offset, 64)
-      if #fs == 0 then break end
-      offset = offset + #fs
-      local vs = redis.call('HMGET', C, unpack(fs))
-      for i = 1, #fs do
+      local ms = redis.call('ZREVRANGEBYLEX', C, top, lo(ns), 'LIMIT', offset, 64)
+      if #ms == 0 then break end
+      offset = offset + #ms
+      for _, m in ipairs(ms) do
         scanned = scanned + 1
-        if vs[i] and candidate(vs[i]) then page[#page + 1] = {fs[i], vs[i]} end
-        if (limit > 0 and #page >= limit) then break end
-        if scanned >= budget then resume = fs[i]; break end
+        local cid, v = split(ns, m)
+        if candidate(v) then page[#page + 1] = {cid, v} end
+        if limit > 0 and #page >= limit then break end
+        if scanned >= budget then resume = cid; break end
       end
       if (limit > 0 and #page >= limit) or resume ~= '' then break end
     end
   end
 end
-for _, item in ipairs(page) do seen[cid_of(ns, item[1])] = true end
+for _, item in ipairs(page) do seen[item[1]] = true end
 out[1] = #page
 out[2] = resume
 for _, item in ipairs(page) do out[#out + 1] = item[1]; out[#out + 1] = item[2] end
 if max_path > 0 then
   for _, item in ipairs(page) do
-    local cid = cid_of(ns, item[1])
-    local _, _, base = info(cid, item[2])
+    local _, _, base = info(item[1], item[2])
     local hops = 0
     while base ~= nil and not seen[base] and hops < max_path do
       seen[base] = true
-      local f = ns .. '\0' .. base
-      local v = redis.call('HGET', C, f)
-      if not v then break end
-      out[#out + 1] = f; out[#out + 1] = v
+      local m = find(ns, base)
+      if not m then break end
+      local _, v = split(ns, m)
+      out[#out + 1] = base; out[#out + 1] = v
       local _, _, next_base = info(base, v)
       base = next_base
       hops = hops + 1
@@ -540,16 +691,16 @@ return out
 """
 
 # Every record of the given chain groups (the fallback of the path prefetch: a scan of the
-# namespace). ARGV: ns, keyframe ids...  Returns f/v pairs.
+# namespace). ARGV: ns, keyframe ids...  Returns id/value pairs.
 _CHAINS = _PRELUDE + r"""
 local ns = ARGV[1]
 local wanted = {}
 for i = 2, #ARGV do wanted[ARGV[i]] = true end
 local out = {}
-for _, f in ipairs(redis.call('ZRANGEBYLEX', O, lo(ns), hi(ns))) do
-  local v = redis.call('HGET', C, f)
-  local _, kf = info(cid_of(ns, f), v)
-  if wanted[kf] then out[#out + 1] = f; out[#out + 1] = v end
+for _, m in ipairs(redis.call('ZRANGEBYLEX', C, lo(ns), hi(ns))) do
+  local cid, v = split(ns, m)
+  local _, kf = info(cid, v)
+  if wanted[kf] then out[#out + 1] = cid; out[#out + 1] = v end
 end
 return out
 """
@@ -564,45 +715,42 @@ touch(tonumber(ARGV[2]))
 return 1
 """
 
-# ARGV: tid, ttl_ms, replace ('1'/'0'), field, packed writes, field, packed writes...
+# ARGV: tid, ttl_ms, replace ('1'/'0'), then (ns, id, packed writes) triples.
 _WRITES = _PRELUDE + r"""
 local err = claim(ARGV[1])
 if err then return err end
-local replace = ARGV[3] == '1'
-for i = 4, #ARGV, 2 do
-  local f = ARGV[i]
-  local current = redis.call('HGET', W, f)
-  if not current then
-    redis.call('HSET', W, f, ARGV[i + 1])
-  else
-    local entries, index = cmsgpack.unpack(current), {}
-    for j, e in ipairs(entries) do index[e[1] .. '\0' .. tostring(e[2])] = j end
-    for _, e in ipairs(cmsgpack.unpack(ARGV[i + 1])) do
-      local k = e[1] .. '\0' .. tostring(e[2])
-      local j = index[k]
-      if j == nil then
-        entries[#entries + 1] = e
-        index[k] = #entries
-      elseif replace then
-        entries[j] = e
-      end
-    end
-    redis.call('HSET', W, f, cmsgpack.pack(entries))
-  end
-end
+for i = 4, #ARGV, 3 do add_writes(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[3] == '1') end
 touch(tonumber(ARGV[2]))
 return 1
 """
 
+# ARGV: ns, ids...  Returns the packed writes of each id ('' when none).
+_READ_WRITES = _PRELUDE + r"""
+local ns = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local m = find(ns, ARGV[i])
+  if m then
+    local _, v = split(ns, m)
+    out[#out + 1] = writes_of(v)
+  else
+    out[#out + 1] = redis.call('HGET', W, ns .. '\0' .. ARGV[i]) or ''
+  end
+end
+return out
+"""
+
 # ARGV: ttl_ms, ns, id, value  Returns 1, or 0 when the checkpoint is gone.
 _REPLACE = _PRELUDE + r"""
-local f = ARGV[2] .. '\0' .. ARGV[3]
-local old = redis.call('HGET', C, f)
-if not old then return 0 end
+local ns, cid = ARGV[2], ARGV[3]
+local m = find(ns, cid)
+if not m then return 0 end
+local _, old = split(ns, m)
 local token, n = pieces(old)
 local new_token = pieces(ARGV[4])
 if token ~= new_token then drop_pieces(token, n) end
-redis.call('HSET', C, f, ARGV[4])
+redis.call('ZREM', C, m)
+store(ns, cid, ARGV[4] .. writes_of(old))
 touch(tonumber(ARGV[1]))
 return 1
 """
@@ -610,16 +758,13 @@ return 1
 # ARGV: ttl_ms, ns, ids...
 _DELETE = _PRELUDE + r"""
 local ns = ARGV[2]
-local head = redis.call('HGET', M, 'h' .. ns)
+local _, head = head_id(ns)
 local head_gone = false
 for i = 3, #ARGV do
-  local f = ns .. '\0' .. ARGV[i]
-  local v = redis.call('HGET', C, f)
-  if v then drop_checkpoint(f, v) end
-  redis.call('HDEL', W, f)
-  if head and string.sub(head, string.find(head, ':', 1, true) + 1) == ARGV[i] then
-    head_gone = true
-  end
+  local m = find(ns, ARGV[i])
+  if m then drop_checkpoint(ns, m) end
+  redis.call('HDEL', W, ns .. '\0' .. ARGV[i])
+  if head == ARGV[i] then head_gone = true end
 end
 if head_gone then fix_head(ns) end
 touch(tonumber(ARGV[1]))
@@ -627,7 +772,7 @@ return 1
 """
 
 # Copy checkpoints in (ids or seqs already present are skipped) and writes (kept).
-# ARGV: tid, ttl_ms, count, then count x (ns, id, seq, value), then field/packed writes.
+# ARGV: tid, ttl_ms, count, then count x (ns, id, seq, value), then (ns, id, writes).
 _COPY_IN = _PRELUDE + r"""
 local err = claim(ARGV[1])
 if err then return err end
@@ -639,60 +784,46 @@ for i = 0, count - 1 do
     ARGV[7 + 4 * i]
   if seqs[ns] == nil then
     seqs[ns] = {}
-    for _, f in ipairs(redis.call('ZRANGEBYLEX', O, lo(ns), hi(ns))) do
-      seqs[ns][info(cid_of(ns, f), redis.call('HGET', C, f))] = true
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', C, lo(ns), hi(ns))) do
+      seqs[ns][info(split(ns, m))] = true
     end
   end
-  local f = ns .. '\0' .. cid
-  local current = redis.call('HGET', C, f)
-  if current == false and not seqs[ns][seq] then
-    redis.call('HSET', C, f, v)
-    redis.call('ZADD', O, 0, f)
+  local current = find(ns, cid)
+  if current == nil and not seqs[ns][seq] then
+    store(ns, cid, v)
     seqs[ns][seq] = true
     touched[ns] = true
-  elseif current == false or pieces(current) ~= pieces(v) then
-    drop_pieces(pieces(v))  -- not stored: its pieces (unless a resend stored them) go
+  else
+    local same = false
+    if current then
+      local _, cv = split(ns, current)
+      same = pieces(cv) == pieces(v)
+    end
+    if not same then drop_pieces(pieces(v)) end  -- not stored: its pieces go
   end
 end
 for ns, _ in pairs(touched) do fix_head(ns) end
-for i = 4 + 4 * count, #ARGV, 2 do
-  local f = ARGV[i]
-  local current = redis.call('HGET', W, f)
-  if not current then
-    redis.call('HSET', W, f, ARGV[i + 1])
-  else
-    local entries, index = cmsgpack.unpack(current), {}
-    for j, e in ipairs(entries) do index[e[1] .. '\0' .. tostring(e[2])] = j end
-    for _, e in ipairs(cmsgpack.unpack(ARGV[i + 1])) do
-      if index[e[1] .. '\0' .. tostring(e[2])] == nil then entries[#entries + 1] = e end
-    end
-    redis.call('HSET', W, f, cmsgpack.pack(entries))
-  end
-end
+for i = 4 + 4 * count, #ARGV, 3 do add_writes(ARGV[i], ARGV[i + 1], ARGV[i + 2], false) end
 touch(tonumber(ARGV[2]))
 return created
 """
 
-# The whole thread: every checkpoint and every pending write, as f/v pairs.
+# The whole thread: every checkpoint member and the writes of checkpoints not stored.
 _THREAD = _PRELUDE + r"""
-return {redis.call('HGETALL', C), redis.call('HGETALL', W)}
+return {redis.call('ZRANGE', C, 0, -1), redis.call('HGETALL', W)}
 """
 
 # Release: move the live run to the next version. ARGV: ttl_ms, token.
-# Returns {version, f/v pairs...} ({0} when nothing ran since the last release); a resend
-# of the same release (same token) returns the version it made.
+# Returns {version, member...} ({0} when nothing ran since the last release); a resend of
+# the same release (same token) returns the version it made.
 _ARCHIVE = _PRELUDE + r"""
 local token = ARGV[2]
 local function archived(version)
-  local prefix = version .. '\0'
   local out = {tonumber(version)}
-  local fs = redis.call('ZRANGEBYLEX', AO, '[' .. prefix, '(' .. version .. '\1')
-  if #fs > 0 then
-    local vs = redis.call('HMGET', A, unpack(fs))
-    for i = 1, #fs do
-      out[#out + 1] = string.sub(fs[i], #prefix + 1)
-      out[#out + 1] = vs[i]
-    end
+  local cut = #version + 2
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', A, '[' .. version .. '\0',
+                                '(' .. version .. '\1')) do
+    out[#out + 1] = string.sub(m, cut)
   end
   return out
 end
@@ -700,37 +831,33 @@ local last = redis.call('HGET', M, 'rt')
 if last and string.sub(last, 1, #token + 1) == token .. ':' then
   return archived(string.sub(last, #token + 2))
 end
-local fs = redis.call('ZRANGEBYLEX', O, '-', '+')
-if #fs == 0 then return {0} end
+local ms = redis.call('ZRANGE', C, 0, -1)
+if #ms == 0 then return {0} end
 local version = tostring(tonumber(redis.call('HGET', M, 'rv') or '0') + 1)
-local vs = redis.call('HMGET', C, unpack(fs))
 local spaces = {}
-for i = 1, #fs do
-  local member = version .. '\0' .. fs[i]
-  redis.call('HSET', A, member, vs[i])
-  redis.call('ZADD', AO, 0, member)
-  spaces[string.sub(fs[i], 1, string.find(fs[i], '\0', 1, true) - 1)] = true
+for _, m in ipairs(ms) do
+  local ns = string.sub(m, 1, string.find(m, '\0', 1, true) - 1)
+  local cid, v = split(ns, m)
+  -- pending writes are not part of a released run
+  redis.call('ZADD', A, 0, version .. '\0' .. ns .. '\0' .. cid .. '\0' .. head_part(v))
+  spaces[ns] = true
 end
-redis.call('UNLINK', C, O, W)
+redis.call('UNLINK', C, W)
 for ns, _ in pairs(spaces) do redis.call('HDEL', M, 'h' .. ns) end
-redis.call('HSET', M, 'rv', version, 'V' .. version, #fs, 'rt', token .. ':' .. version)
+redis.call('HSET', M, 'rv', version, 'V' .. version, #ms, 'rt', token .. ':' .. version)
 touch(tonumber(ARGV[1]))
 return archived(version)
 """
 
-# ARGV: version. Returns {found, f/v pairs...}.
+# ARGV: version. Returns {found, member...}.
 _VERSION = _PRELUDE + r"""
 local version = ARGV[1]
 if redis.call('HEXISTS', M, 'V' .. version) == 0 then return {0} end
-local prefix = version .. '\0'
 local out = {1}
-local fs = redis.call('ZRANGEBYLEX', AO, '[' .. prefix, '(' .. version .. '\1')
-if #fs > 0 then
-  local vs = redis.call('HMGET', A, unpack(fs))
-  for i = 1, #fs do
-    out[#out + 1] = string.sub(fs[i], #prefix + 1)
-    out[#out + 1] = vs[i]
-  end
+local cut = #version + 2
+for _, m in ipairs(redis.call('ZRANGEBYLEX', A, '[' .. version .. '\0',
+                              '(' .. version .. '\1')) do
+  out[#out + 1] = string.sub(m, cut)
 end
 return out
 """
@@ -750,7 +877,8 @@ def _script(name: str, source: str) -> Script:
 SCRIPTS: dict[str, Script] = {
     name: _script(name, source) for name, source in (
         ("insert", _INSERT), ("read", _READ), ("chains", _CHAINS), ("pieces", _PIECES),
-        ("writes", _WRITES), ("replace", _REPLACE), ("delete", _DELETE),
+        ("writes", _WRITES), ("read_writes", _READ_WRITES), ("replace", _REPLACE),
+        ("delete", _DELETE),
         ("copy_in", _COPY_IN), ("thread", _THREAD), ("archive", _ARCHIVE),
         ("version", _VERSION),
     )

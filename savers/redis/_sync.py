@@ -192,10 +192,17 @@ class RedisSaver(BaseSaver):
             position += count
         return [joined.get(id(item), item.stored) for item in parsed]
 
-    def _parse(self, thread_id: str, pairs: Sequence[tuple[bytes, bytes]]) -> list[sh.Parsed]:
+    def _parse(self, thread_id: str, namespace: str,
+               pairs: Sequence[tuple[bytes, bytes]]) -> list[sh.Parsed]:
+        """Parsed values of (id, value) pairs of one namespace."""
+        return [sh.unpack_checkpoint(thread_id, namespace, sh._text(cid), value)
+                for cid, value in pairs]
+
+    def _parse_members(self, thread_id: str, members: Sequence[bytes]) -> list[sh.Parsed]:
+        """Parsed values of ``<ns>\\0<id>\\0<value>`` members."""
         out = []
-        for f, value in pairs:
-            namespace, checkpoint_id = sh.split_field(f)
+        for member in members:
+            namespace, checkpoint_id, value = sh.split_member(member)
             out.append(sh.unpack_checkpoint(thread_id, namespace, checkpoint_id, value))
         return out
 
@@ -228,12 +235,12 @@ class RedisSaver(BaseSaver):
         args += [sh._utf8(i) for i in self._known_ids(thread_id, namespace)]
         reply = self._run_script("read", keys, args, f"read thread {thread_id!r}")
         count, resume = int(reply[0]), reply[1]
-        parsed = self._parse(thread_id, sh.pairs(reply[2:]))
+        parsed = self._parse(thread_id, namespace, sh.pairs(reply[2:]))
         items = self._complete(keys, parsed)
         page, path = items[:count], items[count:]
         if path or page:
             self._stash(thread_id, namespace, [*page, *path])
-        return page, path, sh.split_field(resume)[1] if resume else ""
+        return page, path, sh._text(resume) if resume else ""
 
     def _stash(self, thread_id: str, namespace: str, items: Sequence[StoredCheckpoint]) -> None:
         """Keep what a read fetched, so the chain read the core may ask for next is served
@@ -294,7 +301,7 @@ class RedisSaver(BaseSaver):
         reply = self._run_script(
             "chains", keys, [sh._utf8(namespace), *(sh._utf8(k) for k in keyframe_ids)],
             f"read record chains of thread {thread_id!r}")
-        return self._complete(keys, self._parse(thread_id, sh.pairs(reply)))
+        return self._complete(keys, self._parse(thread_id, namespace, sh.pairs(reply)))
 
     def _list(
         self,
@@ -326,12 +333,13 @@ class RedisSaver(BaseSaver):
     def _read_writes(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredWrite]:
-        keys = self._keys(thread_id)
-        values = self._command(f"read pending writes of thread {thread_id!r}", "hmget",
-                                  keys.writes, [sh.field(namespace, i) for i in checkpoint_ids])
+        values = self._run_script(
+            "read_writes", self._keys(thread_id),
+            [sh._utf8(namespace), *(sh._utf8(i) for i in checkpoint_ids)],
+            f"read pending writes of thread {thread_id!r}")
         out: list[StoredWrite] = []
         for checkpoint_id, value in zip(checkpoint_ids, values, strict=True):
-            if value is not None:
+            if value:
                 out.extend(sh.unpack_writes(thread_id, namespace, checkpoint_id, value))
         return out
 
@@ -365,14 +373,18 @@ class RedisSaver(BaseSaver):
         self, thread_id: str
     ) -> tuple[list[StoredCheckpoint], list[StoredWrite]]:
         keys = self._keys(thread_id)
-        records, writes = self._run_script("thread", keys, [],
+        members, writes = self._run_script("thread", keys, [],
                                                  f"read thread {thread_id!r}")
-        checkpoints = self._complete(keys, self._parse(thread_id, sh.pairs(records)))
+        parsed = self._parse_members(thread_id, members)
         out: list[StoredWrite] = []
+        for item in parsed:
+            if item.writes:
+                out.extend(sh.unpack_writes(thread_id, item.stored.namespace, item.stored.id,
+                                            item.writes))
         for f, value in sh.pairs(writes):
             namespace, checkpoint_id = sh.split_field(f)
             out.extend(sh.unpack_writes(thread_id, namespace, checkpoint_id, value))
-        return checkpoints, out
+        return self._complete(keys, parsed), out
 
     # -- writes --------------------------------------------------------------------------
     def _store_pieces(self, keys: sh.ThreadKeys, record: bytes, what: str
@@ -433,14 +445,14 @@ class RedisSaver(BaseSaver):
         return (self._complete(keys, [parsed]))[0]
 
     def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
-        by_thread: dict[str, dict[bytes, list[StoredWrite]]] = {}
+        by_thread: dict[str, dict[tuple[str, str], list[StoredWrite]]] = {}
         for write in writes:
-            f = sh.field(write.namespace, write.checkpoint_id)
-            by_thread.setdefault(write.thread_id, {}).setdefault(f, []).append(write)
+            space = (write.namespace, write.checkpoint_id)
+            by_thread.setdefault(write.thread_id, {}).setdefault(space, []).append(write)
         for thread_id, groups in by_thread.items():
             args: list[Any] = [sh._utf8(thread_id), self._ttl_ms, "1" if replace else "0"]
-            for f, group in groups.items():
-                args += [f, sh.pack_writes(group)]
+            for (namespace, checkpoint_id), group in groups.items():
+                args += [sh._utf8(namespace), sh._utf8(checkpoint_id), sh.pack_writes(group)]
             self._run_script("writes", self._keys(thread_id), args,
                                    f"store pending writes of thread {thread_id!r}")
 
@@ -467,11 +479,12 @@ class RedisSaver(BaseSaver):
                 if size > 8 << 20:
                     self._copy_batch(keys, batch, [], what)
                     batch, size = [], 0
-            grouped: dict[bytes, list[StoredWrite]] = {}
+            grouped: dict[tuple[str, str], list[StoredWrite]] = {}
             for write in thread_writes:
-                grouped.setdefault(sh.field(write.namespace, write.checkpoint_id),
-                                   []).append(write)
-            packed = [x for f, group in grouped.items() for x in (f, sh.pack_writes(group))]
+                grouped.setdefault((write.namespace, write.checkpoint_id), []).append(write)
+            packed = [x for (namespace, checkpoint_id), group in grouped.items()
+                      for x in (sh._utf8(namespace), sh._utf8(checkpoint_id),
+                                sh.pack_writes(group))]
             if batch or packed:
                 self._copy_batch(keys, batch, packed, what)
 
@@ -523,7 +536,7 @@ class RedisSaver(BaseSaver):
         version = int(reply[0])
         if not version:
             return None, []
-        return version, self._complete(keys, self._parse(thread_id, sh.pairs(reply[1:])))
+        return version, self._complete(keys, self._parse_members(thread_id, reply[1:]))
 
     def _versions(self, thread_id: str) -> list[int]:
         names = self._command(f"list versions of thread {thread_id!r}", "hkeys",
@@ -538,7 +551,7 @@ class RedisSaver(BaseSaver):
                                        f"read version {version} of thread {thread_id!r}")
         if not int(reply[0]):
             return None
-        return self._complete(keys, self._parse(thread_id, sh.pairs(reply[1:])))
+        return self._complete(keys, self._parse_members(thread_id, reply[1:]))
 
     # -- maintenance ---------------------------------------------------------------------
     def memory_usage(self, thread_id: str) -> int:

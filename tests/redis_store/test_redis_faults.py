@@ -180,10 +180,9 @@ def test_maxmemory_noeviction_refuses_cleanly_and_loses_nothing(own: Deployment)
         fresh = RedisSaver(client_of(own), key_prefix="faults")
         listed = list(fresh.list(thread))
         assert [c.id for c in listed] == [c.id for c in reversed(stored)]
-        heads = own.client.hvals(keys.records)
         referenced = set()
-        for value in heads:
-            parsed = _shared.unpack_checkpoint(thread, "", "?", value)
+        for member in own.client.zrange(keys.records, 0, -1):
+            parsed = _shared.unpack_checkpoint(thread, "", "?", _shared.split_member(member)[2])
             if parsed.pieces:
                 referenced |= set(_shared.chunk_fields(*parsed.pieces[:2]))
         pieces = {f.decode() for f in own.client.hkeys(keys.chunks)}
@@ -274,7 +273,7 @@ def test_a_slot_moved_to_another_node_while_a_writer_runs(tmp_path: Path) -> Non
         def in_slot(node: redis_harness.Node) -> int:
             return int(clients[node.port].execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
 
-        assert in_slot(source) == 0 and in_slot(target) >= 3
+        assert in_slot(source) == 0 and in_slot(target) >= 2  # meta and checkpoints
         assert_one_line(saver, thread, {f"{i:06d}" for i in done})
         for c in clients.values():
             c.close()
