@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._options import seconds as _seconds
 from ..base import HEAD_MOVED, BaseSaver, StoredCheckpoint, StoredWrite
 from . import _shared as sh
 
@@ -31,15 +32,6 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 #: How long the records a read fetched along decode paths may serve the chain read that
 #: follows it in the same flow (seconds).
 _PREFETCH_SECONDS = 2.0
-
-
-def _seconds(value: float | dt.timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if not seconds > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return seconds
 
 
 class AsyncRedisSaver(BaseSaver):
@@ -124,28 +116,21 @@ class AsyncRedisSaver(BaseSaver):
     # -- commands ------------------------------------------------------------------------
     async def _run_script(self, name: str, keys: sh.ThreadKeys, args: Sequence[Any],
                           what: str) -> Any:
-        """Run one of the scripts on the thread's keys: EVALSHA, EVAL when the server does
-        not hold it yet; resent after a dropped connection (every script is idempotent)."""
+        """Run one of the scripts on the thread's keys: EVALSHA, or EVAL when the server
+        does not hold it yet."""
         script = sh.SCRIPTS[name]
-        attempt = 0
-        while True:
-            try:
-                try:
-                    return await self.client.evalsha(script.sha, len(keys.keys),
-                                                     *keys.keys, *args)
-                except NoScriptError:
-                    return await self.client.eval(script.source, len(keys.keys),
-                                                  *keys.keys, *args)
-            except _TRANSIENT:
-                attempt += 1
-                if attempt > self.retries:
-                    raise
-            except ResponseError as exc:
-                raise sh.RedisStoreError(
-                    f"Redis refused to {what} (keys {keys.records!r}, ...): "
-                    f"{type(exc).__name__}: {exc}") from exc
+        what = f"{what} (keys {keys.records!r}, ...)"
+        try:
+            return await self._command(what, "evalsha", script.sha, len(keys.keys),
+                                       *keys.keys, *args)
+        except NoScriptError:
+            return await self._command(what, "eval", script.source, len(keys.keys),
+                                       *keys.keys, *args)
 
     async def _command(self, what: str, method: str, *args: Any) -> Any:
+        """``client.<method>(*args)``, sent again after a dropped connection or a timeout
+        (every command the saver sends is idempotent); a refusal by the server becomes a
+        RedisStoreError saying what was refused."""
         attempt = 0
         while True:
             try:
@@ -154,6 +139,8 @@ class AsyncRedisSaver(BaseSaver):
                 attempt += 1
                 if attempt > self.retries:
                     raise
+            except NoScriptError:
+                raise
             except ResponseError as exc:
                 raise sh.RedisStoreError(
                     f"Redis refused to {what}: {type(exc).__name__}: {exc}") from exc
