@@ -72,6 +72,7 @@ class AsyncRedisSaver(BaseSaver):
             raise ValueError(f"keep_last must be a positive int or None, got {keep_last!r}")
         if not isinstance(chunk_bytes, int) or not 1 <= chunk_bytes <= 256 << 20:
             raise ValueError("chunk_bytes must be between 1 and 256 MiB")
+        sh.check_client(client)
         self.client = client
         self.key_prefix = sh.check_prefix(key_prefix)
         self.ttl = _seconds(ttl, "ttl")
@@ -149,15 +150,22 @@ class AsyncRedisSaver(BaseSaver):
         return sh.ThreadKeys.of(self.key_prefix, thread_id)
 
     def _known_ids(self, thread_id: str, namespace: str) -> list[str]:
-        """Ids of this thread and namespace whose states the core's cache holds: a read's
-        path walk stops there (the core decodes from them)."""
+        """Ids of this thread and namespace whose states the core's cache holds (the 64
+        most recently used): a read's path walk stops there, the core decodes from them.
+        Reads the cache's entries (``BaseSaver`` has no public listing of them)."""
         cache = self._cache
         items = getattr(cache, "_items", None)
         lock = getattr(cache, "_lock", None)
         if items is None or lock is None:
             return []
+        out: list[str] = []
         with lock:
-            return [key[2] for key in items if key[0] == thread_id and key[1] == namespace]
+            for key in reversed(items):
+                if key[0] == thread_id and key[1] == namespace:
+                    out.append(key[2])
+                    if len(out) == 64:
+                        break
+        return out
 
     async def _complete(self, keys: sh.ThreadKeys, parsed: Sequence[sh.Parsed]
                         ) -> list[StoredCheckpoint]:

@@ -114,6 +114,18 @@ def check_prefix(prefix: object) -> str:
     return prefix
 
 
+def check_client(client: object) -> None:
+    """Values are bytes: a client that decodes replies to text would garble them."""
+    kwargs = getattr(client, "get_connection_kwargs", None)
+    try:
+        decodes = bool(kwargs().get("decode_responses")) if callable(kwargs) else False
+    except Exception:  # a client without the usual pool: nothing to check
+        decodes = False
+    if decodes:
+        raise ValueError("the Redis client decodes responses (decode_responses=True); the "
+                         "savers store bytes: pass a client made with decode_responses=False")
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadKeys:
     """The five keys of one thread, in script order."""

@@ -249,6 +249,12 @@ def test_key_prefix_must_not_hold_braces(where: Deployment) -> None:
         RedisSaver(where.client, key_prefix="app{1}")
 
 
+def test_a_client_decoding_responses_is_refused(redis_single: Deployment) -> None:
+    with redis.Redis(port=redis_single.nodes[0].port, decode_responses=True) as client, \
+            pytest.raises(ValueError, match="decode_responses"):
+        RedisSaver(client)
+
+
 # -- retention ---------------------------------------------------------------------------
 def test_ttl_is_on_every_key_of_the_thread_and_refreshed_by_each_write(
     where: Deployment,
