@@ -548,6 +548,18 @@ class AsyncRedisSaver(BaseSaver):
         return await self._complete(keys, self._parse_members(thread_id, reply[1:]))
 
     # -- maintenance ---------------------------------------------------------------------
+    async def acollect_orphans(self, thread_id: str,
+                               older_than: float | dt.timedelta = dt.timedelta(hours=1)) -> int:
+        """Drop the pieces of big records that no checkpoint refers to and that are older
+        than ``older_than``: left by a put whose connection died between writing its
+        pieces and its checkpoint (a put in flight is younger). With ``ttl`` they expire
+        with the thread anyway. Returns the number of pieces dropped."""
+        sh.check_space(thread_id, "")
+        grace = _seconds(older_than, "older_than") or 3600.0
+        cutoff = int((time.time() - grace) * 1000)
+        return int(await self._run_script("orphans", self._keys(thread_id), [cutoff],
+                                          f"collect orphaned pieces of thread {thread_id!r}"))
+
     async def amemory_usage(self, thread_id: str) -> int:
         """Bytes Redis uses for the thread's keys (``MEMORY USAGE`` summed)."""
         total = 0

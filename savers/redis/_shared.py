@@ -48,6 +48,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,7 +202,9 @@ def _opt_unref(data: bytes | None) -> str | None:
 
 
 def new_token() -> str:
-    return os.urandom(9).hex()
+    """A fresh piece-set token: 12 hex digits of the time in ms, then 12 random ones (so
+    ``collect_orphans`` can tell the age of pieces no checkpoint refers to)."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
 
 
 def ms(value: dt.datetime) -> int:
@@ -875,6 +878,37 @@ return out
 """
 
 
+# Pieces no checkpoint (live or released) refers to, whose token is older than ARGV[1]
+# (ms since 1970, the first 12 hex digits of a token): left by a put whose connection died
+# between its pieces and its value. Returns the number of pieces dropped.
+_ORPHANS = _PRELUDE + r"""
+local cutoff = tonumber(ARGV[1])
+local used = {}
+-- the value of a member: what follows its nuls-th NUL
+local function value_after(m, nuls)
+  local at = 0
+  for _ = 1, nuls do at = string.find(m, '\0', at + 1, true) end
+  return string.sub(m, at + 1)
+end
+for key, nuls in pairs({[C] = 2, [A] = 3}) do  -- <ns>\0<id>\0, <version>\0<ns>\0<id>\0
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local token = pieces(value_after(m, nuls))
+    if token then used[token] = true end
+  end
+end
+local dropped = 0
+for _, f in ipairs(redis.call('HKEYS', X)) do
+  local token = string.sub(f, 1, string.find(f, ':', 1, true) - 1)
+  local born = tonumber(string.sub(token, 1, 12), 16)
+  if not used[token] and born ~= nil and born < cutoff then
+    redis.call('HDEL', X, f)
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     name: str
@@ -892,7 +926,7 @@ SCRIPTS: dict[str, Script] = {
         ("writes", _WRITES), ("read_writes", _READ_WRITES), ("replace", _REPLACE),
         ("delete", _DELETE),
         ("copy_in", _COPY_IN), ("thread", _THREAD), ("archive", _ARCHIVE),
-        ("version", _VERSION),
+        ("version", _VERSION), ("orphans", _ORPHANS),
     )
 }
 

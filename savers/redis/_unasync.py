@@ -27,6 +27,7 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"\bAsyncRedisSaver\b", "RedisSaver"),
     (r"\baclose\b", "close"),
     (r"\bamemory_usage\b", "memory_usage"),
+    (r"\bacollect_orphans\b", "collect_orphans"),
     (r"^_IS_SYNC = False$", "_IS_SYNC = True"),
 )
 

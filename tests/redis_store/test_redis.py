@@ -371,6 +371,30 @@ def test_missing_pieces_are_corruption_never_partial_state(saver: RedisSaver,
     assert info.value.thread_id == "p" and info.value.checkpoint_id == stored.id
 
 
+def test_orphaned_pieces_are_collected_once_old_and_referenced_ones_never(
+    saver: RedisSaver, where: Deployment
+) -> None:
+    small = RedisSaver(where.client, key_prefix=saver.key_prefix, chunk_bytes=1000)
+    kept = small.put(Checkpoint("o", {"blob": os.urandom(4000)}))
+    small.put(Checkpoint("o", {"blob": os.urandom(4000)}))
+    small.release("o")  # released pieces stay referenced
+    live = small.put(Checkpoint("o", {"blob": os.urandom(4000)}))
+    keys = _shared.ThreadKeys.of(saver.key_prefix, "o")
+    # a put whose connection died after its pieces: pieces without a checkpoint
+    old = f"{int((time.time() - 7200) * 1000):012x}" + "ab" * 6
+    young = _shared.new_token()
+    where.client.hset(keys.chunks, mapping={f"{old}:0": b"x", f"{old}:1": b"y",
+                                            f"{young}:0": b"z"})
+    before = len(where.client.hkeys(keys.chunks))
+    assert small.collect_orphans("o") == 2  # the young set may be a put in flight
+    assert len(where.client.hkeys(keys.chunks)) == before - 2
+    fresh = RedisSaver(where.client, key_prefix=saver.key_prefix)
+    assert len(fresh.get("o", live.id).state["blob"]) == 4000
+    assert len(fresh.get_version("o", 1).checkpoints) == 2
+    assert kept.id in {c.id for c in fresh.get_version("o", 1).checkpoints}
+    assert small.collect_orphans("o", older_than=0.001) == 1
+
+
 # -- formats and resends -----------------------------------------------------------------
 def test_a_newer_layout_is_refused_with_a_clear_error(saver: RedisSaver,
                                                       where: Deployment) -> None:
