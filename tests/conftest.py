@@ -97,5 +97,6 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 
-# Real redis-server deployments (single node, 3-node cluster), one of each per session.
-from redis_harness import redis_cluster, redis_single  # noqa: E402, F401
+# Real redis-server deployments (single node, 3-node cluster) and a valkey-server, one of
+# each per session.
+from redis_harness import redis_cluster, redis_single, valkey_single  # noqa: E402, F401

