@@ -84,8 +84,10 @@ class RedisSaver(BaseSaver):
         self._ttl_ms = sh.ttl_ms(self.ttl)
         self._registry = sh.registry_key(self.key_prefix)
         self._registered: OrderedDict[str, None] = OrderedDict()
-        self._prefetched: OrderedDict[tuple[str, str], tuple[float, dict[str, Any]]] = (
-            OrderedDict())
+        #: (thread, namespace) -> (when, records on decode paths by id, ids of the page)
+        self._prefetched: OrderedDict[
+            tuple[str, str], tuple[float, dict[str, StoredCheckpoint], frozenset[str]]
+        ] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -233,40 +235,50 @@ class RedisSaver(BaseSaver):
         parsed = self._parse(thread_id, namespace, sh.pairs(reply[2:]))
         items = self._complete(keys, parsed)
         page, path = items[:count], items[count:]
-        if path or page:
-            self._stash(thread_id, namespace, [*page, *path])
+        if path:
+            self._stash(thread_id, namespace, page, path)
         return page, path, sh._text(resume) if resume else ""
 
-    def _stash(self, thread_id: str, namespace: str, items: Sequence[StoredCheckpoint]) -> None:
-        """Keep what a read fetched, so the chain read the core may ask for next is served
-        without a round trip (the core asks right after the read, in the same flow)."""
+    def _stash(self, thread_id: str, namespace: str, page: Sequence[StoredCheckpoint],
+               path: Sequence[StoredCheckpoint]) -> None:
+        """Keep the decode-path records a read fetched, so the chain read the core asks for
+        right after it (same flow) is served without a round trip. Taken by that read."""
         with self._lock:
             key = (thread_id, namespace)
-            self._prefetched[key] = (time.monotonic(), {item.id: item for item in items})
+            self._prefetched[key] = (time.monotonic(), {item.id: item for item in path},
+                                     frozenset(item.id for item in page))
             self._prefetched.move_to_end(key)
-            while len(self._prefetched) > 256:
+            while len(self._prefetched) > 64:
                 self._prefetched.popitem(last=False)
+
+    def _forget_stash(self, thread_id: str) -> None:
+        """Drop what reads of the thread fetched (a write of this saver changed it)."""
+        with self._lock:
+            for key in [k for k in self._prefetched if k[0] == thread_id]:
+                del self._prefetched[key]
 
     def _from_stash(self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
                     ) -> list[StoredCheckpoint] | None:
-        """The stashed records of those chain groups, when every one of them decodes from
-        stashed records alone (or from states the core's cache holds)."""
+        """The stashed records of those chain groups, when each decodes from stashed
+        records alone, down to a keyframe, a checkpoint of the read's page or a state the
+        core's cache holds; else None (the caller reads them)."""
         with self._lock:
-            entry = self._prefetched.get((thread_id, namespace))
+            entry = self._prefetched.pop((thread_id, namespace), None)
         if entry is None or time.monotonic() - entry[0] > _PREFETCH_SECONDS:
             return None
-        records = entry[1]
+        _, records, page = entry
         wanted = set(keyframe_ids)
         chosen = [item for item in records.values() if item.keyframe_id in wanted]
         for item in chosen:
             current, hops = item, 0
-            while current.base_id is not None and hops <= 4 * self.policy.max_chain:
+            while current.base_id is not None and current.base_id not in page:
                 if self._cache.get((thread_id, namespace, current.base_id)) is not None:
                     break
                 base = records.get(current.base_id)
-                if base is None:
+                hops += 1
+                if base is None or hops > 4 * self.policy.max_chain:
                     return None
-                current, hops = base, hops + 1
+                current = base
         return chosen
 
     def _read(
@@ -499,6 +511,7 @@ class RedisSaver(BaseSaver):
         done = self._run_script(
             "replace", keys, [self._ttl_ms, sh._utf8(stored.namespace), sh._utf8(stored.id),
                               sh.pack_checkpoint(stored, chunked)], what)
+        self._forget_stash(stored.thread_id)
         if not int(done):
             if chunked:
                 self._drop_pieces(keys, chunked)
@@ -507,6 +520,7 @@ class RedisSaver(BaseSaver):
     def _delete_checkpoints(
         self, thread_id: str, namespace: str, ids: Sequence[str]
     ) -> None:
+        self._forget_stash(thread_id)
         if ids:
             self._run_script(
                 "delete", self._keys(thread_id),
@@ -519,13 +533,13 @@ class RedisSaver(BaseSaver):
         self._command("unregister a thread", "zrem", self._registry, sh._utf8(thread_id))
         with self._lock:
             self._registered.pop(thread_id, None)
-            for key in [k for k in self._prefetched if k[0] == thread_id]:
-                del self._prefetched[key]
+        self._forget_stash(thread_id)
 
     def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:
         """Move the live run to the next version, in one script; a resend of the same
         release (dropped connection) returns the version it made."""
         keys = self._keys(thread_id)
+        self._forget_stash(thread_id)
         reply = self._run_script("archive", keys, [self._ttl_ms, sh.new_token()],
                                        f"release thread {thread_id!r}")
         version = int(reply[0])
