@@ -83,6 +83,8 @@ class AsyncRedisSaver(BaseSaver):
         self._ttl_ms = sh.ttl_ms(self.ttl)
         self._registry = sh.registry_key(self.key_prefix)
         self._registered: OrderedDict[str, None] = OrderedDict()
+        self._registrations = 0
+        self._sweep_from = b""  # the registry sweep's cursor
         #: (thread, namespace) -> (when, records on decode paths by id, ids of the page)
         self._prefetched: OrderedDict[
             tuple[str, str], tuple[float, dict[str, StoredCheckpoint], frozenset[str]]
@@ -210,12 +212,55 @@ class AsyncRedisSaver(BaseSaver):
         if known and not force:
             return
         await self._command(f"register thread {thread_id!r}", "zadd", self._registry,
-                         {sh._utf8(thread_id): 0})
+                            {sh._utf8(thread_id): 0})
         with self._lock:
             self._registered[thread_id] = None
             self._registered.move_to_end(thread_id)
             while len(self._registered) > 65536:
                 self._registered.popitem(last=False)
+            self._registrations += 1
+            sweep = self.ttl is not None and self._registrations % 16 == 0
+        if sweep:  # threads expire without a word: their entries leave a few at a time
+            await self._sweep_registry()
+
+    async def _sweep_registry(self, count: int = 64) -> None:
+        """Check ``count`` registry entries after a rolling cursor, dropping the threads
+        that expired or were deleted (so the registry does not grow with dead threads
+        when nobody calls ``list_threads``)."""
+        low = b"(" + self._sweep_from if self._sweep_from else b"-"
+        members = await self._command("sweep the thread registry", "zrangebylex",
+                                      self._registry, low, b"+", 0, count)
+        self._sweep_from = members[-1] if len(members) == count else b""
+        await self._live_threads([sh._text(member) for member in members])
+
+    async def _live_threads(self, threads: Sequence[str]) -> list[str]:
+        """The threads (of the registry) that hold checkpoints; the others leave the
+        registry. One dropped by mistake (a writer created it meanwhile) is added back."""
+        live: list[str] = []
+        dead: list[str] = []
+        for start in range(0, len(threads), 512):
+            batch = threads[start:start + 512]
+            found = await self._exist(batch)
+            live.extend(t for t, exists in zip(batch, found, strict=True) if exists)
+            dead.extend(t for t, exists in zip(batch, found, strict=True) if not exists)
+        if dead:
+            await self._command("prune the thread registry", "zrem", self._registry,
+                                *(sh._utf8(t) for t in dead))
+            revived = [t for t, exists in zip(dead, await self._exist(dead), strict=True)
+                       if exists]
+            if revived:
+                await self._command("register threads", "zadd", self._registry,
+                                    {sh._utf8(t): 0 for t in revived})
+                live.extend(revived)
+        return live
+
+    async def _exist(self, threads: Sequence[str]) -> list[bool]:
+        """Whether each thread holds checkpoints (one pipeline: one round trip per node)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for thread in threads:
+                pipe.exists(self._keys(thread).records)
+            found = await pipe.execute()
+        return [bool(exists) for exists in found]
 
     # -- reads ---------------------------------------------------------------------------
     async def _read_some(
@@ -352,22 +397,7 @@ class AsyncRedisSaver(BaseSaver):
     async def _list_threads(self, prefix: str) -> list[str]:
         low, high = sh.prefix_range(prefix)
         members = await self._command("list threads", "zrangebylex", self._registry, low, high)
-        threads = [sh._text(member) for member in members]
-        live: list[str] = []
-        dead: list[bytes] = []
-        for start in range(0, len(threads), 512):
-            batch = threads[start:start + 512]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for thread in batch:
-                    pipe.exists(self._keys(thread).records)
-                found = await pipe.execute()
-            for thread, exists in zip(batch, found, strict=True):
-                if exists:
-                    live.append(thread)
-                else:
-                    dead.append(sh._utf8(thread))
-        if dead:  # expired or deleted threads leave the registry lazily
-            await self._command("prune the thread registry", "zrem", self._registry, *dead)
+        live = await self._live_threads([sh._text(member) for member in members])
         return [thread for thread in live if thread.startswith(prefix)]
 
     async def _list_namespaces(self, thread_id: str) -> list[str]:

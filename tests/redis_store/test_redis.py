@@ -290,6 +290,19 @@ def test_a_thread_expires_whole_and_leaves_the_registry(where: Deployment) -> No
         assert thread_keys(where, saver) == []  # the registry entry went lazily
 
 
+def test_expired_threads_leave_the_registry_without_list_threads(where: Deployment) -> None:
+    with opened(where, ttl=0.3) as saver:
+        for i in range(20):
+            saver.put(Checkpoint(f"old-{i:02d}", {"i": i}))
+        time.sleep(0.7)
+        other = RedisSaver(where.client, key_prefix=saver.key_prefix, ttl=60)
+        for i in range(60):  # registrations sweep the registry a few entries at a time
+            other.put(Checkpoint(f"new-{i:02d}", {"i": i}))
+        registry = [m.decode() for m in where.client.zrange(f"{saver.key_prefix}:threads",
+                                                           0, -1)]
+        assert registry == [f"new-{i:02d}" for i in range(60)]
+
+
 def test_delete_thread_leaves_no_key_and_memory_is_given_back(where: Deployment) -> None:
     node = where.node_clients()
     with opened(where, chunk_bytes=1 << 20) as saver:
