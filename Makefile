@@ -1,5 +1,5 @@
 # Two entry points, each making its own virtual environment from nothing but python3:
-#   make bench   the chat benchmark on the in-memory savers (no server needed)
+#   make bench   the chat benchmark on the file store and in memory (no server needed)
 #   make test    lint, type checks and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv

@@ -1,7 +1,8 @@
 """Apache Burr persisters over savegame savers.
 
 ``Persister(saver)`` is a :class:`burr.core.persistence.BaseStatePersister` over a sync saver
-(``MemorySaver``, ``MongoSaver``, ...); ``AsyncPersister(saver)`` is an
+(``MemorySaver``, ``MongoSaver``, ...) or a store URI (opened on first use and owned);
+``AsyncPersister(saver)`` is an
 :class:`~burr.core.persistence.AsyncBaseStatePersister` over any saver through its
 ``a``-prefixed methods (``AsyncMongoSaver`` natively; blocking savers run their IO in a
 worker thread), so it never blocks the event loop.
@@ -21,7 +22,7 @@ Mapping onto savegame:
   thread's latest checkpoint (greatest id) is the row with the highest ``sequence_id``,
   whatever the order rows were saved in. Sequence ids need not start at 0 or be dense;
 - ``position`` is the checkpoint's ``node_id``; ``partition_key``, ``app_id``,
-  ``sequence_id`` and ``status`` are its metadata; its ``created_at`` is reported as an
+  ``sequence_id`` and ``status`` (any string) are its metadata; its ``created_at`` is reported as an
   ISO-8601 string; its state is Burr's own ``State.serialize(**serde_kwargs)`` output,
   read back with ``State.deserialize(..., **serde_kwargs)``. Consecutive rows of an app are
   delta-encoded by the saver, so a growing ``chat_history`` costs about one message a step.
@@ -31,16 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import functools
 import inspect
+import pickle
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Mapping
-from typing import Any, Literal, cast
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import Any, ClassVar, Literal, cast
 
 from savegame.savers._deps import require
 from savegame.savers.base import BaseSaver
 from savegame.savers.checkpoint import Checkpoint
-from savegame.savers.errors import ConflictError
+from savegame.savers.errors import ConflictError, SerializationError
+from savegame.savers.registry import saver_factory
+from savegame.savers.serde import Serializer, default_registry, imported_class
 
 require("burr", "burr")
 
@@ -49,6 +55,7 @@ from burr.core.persistence import (  # noqa: E402
     BaseStatePersister,
     PersistedStateData,
 )
+from burr.core.serde import KEY as _SERDE_KEY  # noqa: E402
 from burr.core.state import State  # noqa: E402
 
 __all__ = ["AsyncPersister", "Persister", "SaveCallback"]
@@ -61,7 +68,6 @@ _SEQUENCE_DIGITS = 20
 _MAX_SEQUENCE = 10**_SEQUENCE_DIGITS - 2
 #: Suffix of the checkpoint that records a failed row's completion (see ``Persister``).
 _COMPLETED_SUFFIX = ".completed"
-_STATUSES = ("completed", "failed")
 #: Apps whose last saved row a persister remembers (the next row's parent), most recent.
 _REMEMBERED_APPS = 4096
 _ESCAPES = {"%": "%25", ":": "%3A", "\x00": "%00"}
@@ -217,35 +223,121 @@ class _Store:
             return saver
 
     def __getstate__(self) -> dict[str, Any]:
-        if self.factory is None:
-            raise TypeError(
-                "a Burr persister built over a saver object cannot be pickled (savers hold "
-                "connections and locks): pass factory= (a picklable callable returning the "
-                "saver) or use from_uri(), and the unpickled persister reconnects lazily"
-            )
-        return {"factory": self.factory, "initialized": self.initialized}
+        factory = self.factory
+        if factory is None:
+            assert self.saver is not None
+            factory = _reconnect_recipe(self.saver)
+        return {"factory": factory, "initialized": self.initialized}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(None, state["factory"])  # type: ignore[misc]
         self.initialized = state["initialized"]
 
 
-def _needs_setup(saver: BaseSaver) -> bool:
-    return hasattr(saver, "setup") or hasattr(saver, "asetup")
+_IN_PROCESS = (
+    "a Burr persister over {what} cannot be pickled: its data lives in this process, so "
+    "an unpickled copy (in a worker process of a parallel sub-application, say) would "
+    "hold a separate, empty store and the apps would not be shared. Use a store other "
+    "processes reach (MongoSaver / AsyncMongoSaver over a pymongo client), or pass "
+    "factory= (a picklable callable returning the saver) or use from_uri()"
+)
+
+
+def _reconnect_recipe(saver: BaseSaver) -> Callable[[], BaseSaver]:
+    """A picklable callable making a saver like ``saver`` over a new client with the same
+    address and options (as Burr's MongoDB persister reconnects when unpickled)."""
+    try:
+        from savegame.savers.mongodb import AsyncMongoSaver, MongoSaver
+    except ImportError:  # no pymongo: only in-memory savers exist
+        raise TypeError(_IN_PROCESS.format(what=f"an in-memory {type(saver).__name__}")
+                        ) from None
+    if not isinstance(saver, (MongoSaver, AsyncMongoSaver)):
+        raise TypeError(_IN_PROCESS.format(what=f"an in-memory {type(saver).__name__}"))
+    client = saver.client
+    client_kwargs = getattr(client, "_init_kwargs", None)
+    if type(client).__module__.split(".")[0] != "pymongo" or not isinstance(client_kwargs,
+                                                                               dict):
+        if type(client).__module__.split(".")[0] == "mongomock":
+            raise TypeError(_IN_PROCESS.format(what="a mongomock client"))
+        raise TypeError(
+            f"a Burr persister over a {type(client).__module__}.{type(client).__name__} "
+            "client cannot be pickled (only pymongo.MongoClient and AsyncMongoClient can "
+            "be reconnected from their address and options): pass factory= (a picklable "
+            "callable returning the saver) or use from_uri()")
+    serializer = saver.serializer
+    if type(serializer) is not Serializer or serializer.registry is not default_registry:
+        raise TypeError("a Burr persister over a saver with its own serializer cannot be "
+                        "pickled: pass factory= (a picklable callable returning the saver)")
+    checkpoints = saver._checkpoints
+    options: dict[str, Any] = {
+        "database": checkpoints.database.name,
+        "prefix": saver.names.checkpoints[: -len("checkpoints")],
+        "ttl": saver.ttl, "keep_last": saver.keep_last, "chunk_bytes": saver.chunk_bytes,
+        "orphan_grace": saver.orphan_grace, "retries": saver.retries,
+        "policy": saver.policy, "cache_bytes": saver._cache.max_bytes,
+    }
+    if serializer.allow_pickle:
+        options["serializer"] = functools.partial(Serializer, allow_pickle=True)
+    if checkpoints.write_concern != client.write_concern:
+        options["write_concern"] = checkpoints.write_concern
+    recipe = functools.partial(_reconnect, isinstance(saver, AsyncMongoSaver),
+                               dict(client_kwargs), options)
+    try:
+        pickle.dumps(recipe)
+    except Exception as exc:
+        raise TypeError(
+            f"a Burr persister over {type(saver).__name__} cannot be pickled: the client's "
+            f"options do not pickle ({exc}); pass factory= (a picklable callable returning "
+            "the saver)") from exc
+    return recipe
+
+
+def _reconnect(is_async: bool, client_kwargs: dict[str, Any], options: dict[str, Any]
+               ) -> BaseSaver:
+    """A new client from ``client_kwargs`` and a saver over it that owns it."""
+    import pymongo
+
+    from savegame.savers.mongodb import AsyncMongoSaver, MongoSaver
+
+    options = dict(options)
+    make_serializer = options.pop("serializer", None)
+    if make_serializer is not None:
+        options["serializer"] = make_serializer()
+    if is_async:
+        return AsyncMongoSaver(pymongo.AsyncMongoClient(**client_kwargs), owns_client=True,
+                               **options)
+    return MongoSaver(pymongo.MongoClient(**client_kwargs), owns_client=True, **options)
+
+
+def _ready_on_first_use(saver: BaseSaver) -> bool:
+    """True for savers that need no setup (in memory) and for savers that set themselves
+    up on their first operation (the MongoDB savers create their indexes then, the file
+    store its directory): every savegame saver says so (``BaseSaver.ready_on_first_use``)."""
+    needs_setup = hasattr(saver, "setup") or hasattr(saver, "asetup")
+    return not needs_setup or bool(getattr(saver, "ready_on_first_use", False))
 
 
 class _Common:
     """What the sync and async persisters share: the mapping onto savegame, as flows."""
 
+    #: open a store URI with ``open_async_saver`` (AsyncPersister) or ``open_saver``
+    _async_uri: ClassVar[bool] = False
+
     def __init__(
         self,
-        saver: BaseSaver | None = None,
+        saver: BaseSaver | str | None = None,
         *,
         factory: Callable[[], BaseSaver] | None = None,
         serde_kwargs: Mapping[str, Any] | None = None,
         on_save: SaveCallback | None = None,
         thread_prefix: str = "burr:",
+        allow_pickle: bool = False,
     ):
+        if isinstance(saver, str):  # a store URI: opened on first use, owned, picklable
+            if factory is not None:
+                raise TypeError("pass a store URI or a factory, not both")
+            factory = saver_factory(saver, asynchronous=self._async_uri)
+            saver = None
         if not isinstance(thread_prefix, str) or not thread_prefix:
             raise ValueError("thread_prefix must be a non-empty str")
         if on_save is not None and not callable(on_save):
@@ -254,6 +346,7 @@ class _Common:
         self.serde_kwargs: dict[str, Any] = dict(serde_kwargs or {})
         self.on_save = on_save
         self.thread_prefix = thread_prefix
+        self.allow_pickle = bool(allow_pickle)
 
     @property
     def saver(self) -> BaseSaver:
@@ -277,9 +370,10 @@ class _Common:
         other.serde_kwargs = dict(self.serde_kwargs)
         other.on_save = self.on_save
         other.thread_prefix = self.thread_prefix
+        other.allow_pickle = self.allow_pickle
 
     def _is_initialized(self, saver: BaseSaver) -> bool:
-        return self._store.initialized or not _needs_setup(saver) or bool(
+        return self._store.initialized or _ready_on_first_use(saver) or bool(
             getattr(saver, "_ready", False))
 
     # -- flows -------------------------------------------------------------------------
@@ -296,8 +390,8 @@ class _Common:
         sequence_id = _check_sequence_id(sequence_id)
         if not isinstance(position, str):
             raise TypeError(f"position must be a str, got {type(position).__qualname__}")
-        if status not in _STATUSES:
-            raise ValueError(f"status must be 'completed' or 'failed', got {status!r}")
+        if not isinstance(status, str):
+            raise TypeError(f"status must be a str, got {type(status).__qualname__}")
         checkpoint_id = _checkpoint_id(sequence_id)
         checkpoint = Checkpoint(
             thread_id=thread_id,
@@ -343,9 +437,13 @@ class _Common:
     def _load_flow(
         self, partition_key: str | None, app_id: str | None, sequence_id: int | None
     ) -> _Flow:
-        if app_id is None:  # Burr's Mongo and in-memory persisters: nothing to load
-            _check_partition_key(partition_key)
-            return None
+        if app_id is None:  # the partition's latest row, as Burr's SQLite persister
+            apps = yield from self._apps_flow(partition_key)
+            if not apps:
+                return None
+            _, app_id, found = apps[0]
+            if sequence_id is None:
+                return self._row(partition_key, app_id, found)
         thread_id = self.thread_id(partition_key, app_id)
         if sequence_id is None:  # the highest sequence id (not the last saved): the
             items = yield _Op("list", (thread_id,), {"limit": 1})  # greatest checkpoint id
@@ -364,20 +462,39 @@ class _Common:
 
     def _row(self, partition_key: str | None, app_id: str, found: Checkpoint) -> PersistedStateData:
         created_at = found.created_at.isoformat() if found.created_at is not None else ""
+        where = (f"partition_key={partition_key!r}, app_id={app_id!r}, "
+                 f"sequence_id={found.metadata.get('sequence_id')!r}")
+        state = dict(found.state)
+        kwargs = _load_kwargs(state, self.serde_kwargs, self.allow_pickle, where)
         return PersistedStateData(
             partition_key=cast(str, partition_key),
             app_id=app_id,
             sequence_id=int(found.metadata["sequence_id"]),
             position=found.node_id or "",
-            state=State.deserialize(dict(found.state), **_load_kwargs(self.serde_kwargs)),
+            state=State.deserialize(state, **kwargs),
             created_at=created_at,
             status=str(found.metadata["status"]),
         )
 
-    def _list_flow(self, partition_key: str | None) -> _Flow:
+    def _apps_flow(self, partition_key: str | None) -> _Flow:
+        """(created_at, app_id, latest row) of every app of the partition, newest first:
+        the app whose latest row was saved last comes first (ties by app id)."""
         prefix = self._partition_prefix(_check_partition_key(partition_key))
         threads = yield _Op("list_threads", (), {"prefix": prefix})
-        return [_unescape(thread[len(prefix):]) for thread in threads]
+        apps: list[tuple[dt.datetime, str, Checkpoint]] = []
+        for thread in threads:
+            rows = yield _Op("list", (thread,), {"limit": 1})  # the highest sequence id
+            latest = rows[0] if rows else None
+            if latest is not None:
+                when = latest.created_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+                apps.append((when, _unescape(thread[len(prefix):]), latest))
+        apps.sort(key=lambda app: app[1])
+        apps.sort(key=lambda app: app[0], reverse=True)
+        return apps
+
+    def _list_flow(self, partition_key: str | None) -> _Flow:
+        apps = yield from self._apps_flow(partition_key)
+        return [app_id for _, app_id, _ in apps]
 
 
 class Persister(_Common, BaseStatePersister):
@@ -386,14 +503,33 @@ class Persister(_Common, BaseStatePersister):
     ``Persister(saver)`` uses the saver given (the caller closes it);
     ``Persister(factory=make_saver)`` creates the saver on first use and owns it:
     ``cleanup()`` (or leaving a ``with`` block) closes it, and the next use reconnects.
-    Only persisters with a factory pickle (the factory is pickled, never the saver; the
-    unpickled persister reconnects lazily). ``from_uri`` makes one over ``MongoSaver``.
-    ``copy()`` shares the saver (savers are thread-safe), as Burr's parallel sub-apps need.
+    ``from_uri`` makes one over ``MongoSaver``. ``copy()`` shares the saver (savers are
+    thread-safe), as Burr's parallel sub-apps need.
+
+    **Pickling** (Burr pickles persisters for sub-applications run in other processes):
+    a persister with a factory pickles the factory; one over a ``MongoSaver`` /
+    ``AsyncMongoSaver`` built on a pymongo client pickles the client's address and options
+    (credentials included: treat the pickle as a secret) and the saver's options, and the
+    unpickled persister connects a client of its own on first use (closed by
+    ``cleanup()``), as Burr's MongoDB persister does. A persister over a store that lives
+    in this process (``MemorySaver``, a mongomock client) refuses to pickle with
+    ``TypeError`` saying why: the copy would hold a separate, empty store.
 
     - ``serde_kwargs``: passed to ``State.serialize`` / ``State.deserialize``;
     - ``on_save``: called after every successful save with (partition_key, app_id,
       sequence_id, position);
-    - ``thread_prefix``: the start of every thread id this persister writes.
+    - ``thread_prefix``: the start of every thread id this persister writes;
+    - ``allow_pickle``: let Burr unpickle rows written for classes given to its
+      ``register_type_to_pickle`` (refused by default: unpickling runs code chosen by
+      whoever wrote the row).
+
+    **Loading safely.** A row is loaded with Burr's ``State.deserialize``; a pydantic model
+    in it loads when the program has already imported its class (a ``BaseModel``
+    subclass, found without importing anything) or when its module is in the caller's
+    allowlist (``serde_kwargs={"allowlist": [...]}`` or Burr's ``set_allowlist``, which
+    let Burr import it); any other class named by a row, and a pickled value without
+    ``allow_pickle``, raise :class:`~savegame.savers.SerializationError` naming the row and
+    the key path.
 
     **Saving twice.** Saving the same (partition_key, app_id, sequence_id) again with the
     same position, status and state is a no-op, so a persister registered both as a
@@ -408,42 +544,46 @@ class Persister(_Common, BaseStatePersister):
     sequence id: ``load`` at that sequence id (or the latest) returns the completed row,
     and the failed one stays in the saver's history.
 
-    ``is_initialized()`` is true once ``initialize()`` ran (on this persister, a copy, or
-    before pickling), once the saver has set itself up on first use, or when the saver
-    needs no setup (in-memory savers). ``initialize()`` creates the saver's indexes
-    (idempotent; MongoDB). Burr's builder refuses an uninitialized persister, so call
-    ``initialize()`` once, as with Burr's SQLite persister.
+    ``is_initialized()`` is true for every savegame saver: in-memory savers need no setup
+    and the MongoDB savers set themselves up (create their indexes, idempotently) on
+    their first operation, so a new process over a store another process set up, or over
+    a new one, passes Burr's builder check without calling ``initialize()``.
+    ``initialize()`` still creates the indexes eagerly (idempotent).
 
-    ``load(partition_key, None)`` returns ``None`` (as Burr's MongoDB and in-memory
-    persisters do).
+    **Listing and loading like Burr's SQLite persister:** any ``status`` string is stored
+    and returned as given; ``list_app_ids(partition_key)`` returns the partition's apps
+    newest first (by the time their latest row was saved; one read per app);
+    ``load(partition_key, None)`` returns the latest row of the partition's newest app
+    (``None`` for an empty partition).
     """
 
     def __init__(
         self,
-        saver: BaseSaver | None = None,
+        saver: BaseSaver | str | None = None,
         *,
         factory: Callable[[], BaseSaver] | None = None,
         serde_kwargs: Mapping[str, Any] | None = None,
         on_save: SaveCallback | None = None,
         thread_prefix: str = "burr:",
+        allow_pickle: bool = False,
     ):
         if saver is not None and getattr(saver, "_async_only", False):
             raise TypeError(f"{type(saver).__name__} is async-only: use AsyncPersister")
         super().__init__(saver, factory=factory, serde_kwargs=serde_kwargs, on_save=on_save,
-                         thread_prefix=thread_prefix)
+                         thread_prefix=thread_prefix, allow_pickle=allow_pickle)
 
     @classmethod
     def from_uri(cls, uri: str, *, thread_prefix: str = "burr:",
                  serde_kwargs: Mapping[str, Any] | None = None,
-                 on_save: SaveCallback | None = None, **saver_options: Any) -> Persister:
+                 on_save: SaveCallback | None = None, allow_pickle: bool = False,
+                 **saver_options: Any) -> Persister:
         """A picklable persister over a ``MongoSaver.from_uri(uri, **saver_options)`` it
         creates on first use and owns."""
-        import functools
-
         from savegame.savers.mongodb import MongoSaver
 
         return cls(factory=functools.partial(MongoSaver.from_uri, uri, **saver_options),
-                   thread_prefix=thread_prefix, serde_kwargs=serde_kwargs, on_save=on_save)
+                   thread_prefix=thread_prefix, serde_kwargs=serde_kwargs, on_save=on_save,
+                   allow_pickle=allow_pickle)
 
     # -- Burr's interface --------------------------------------------------------------
     def initialize(self) -> None:
@@ -514,18 +654,20 @@ class AsyncPersister(_Common, AsyncBaseStatePersister):
     ``cleanup()`` is a coroutine; use ``async with`` for the context manager.
     """
 
+    _async_uri = True
+
     @classmethod
     def from_uri(cls, uri: str, *, thread_prefix: str = "burr:",
                  serde_kwargs: Mapping[str, Any] | None = None,
-                 on_save: SaveCallback | None = None, **saver_options: Any) -> AsyncPersister:
+                 on_save: SaveCallback | None = None, allow_pickle: bool = False,
+                 **saver_options: Any) -> AsyncPersister:
         """A picklable persister over an ``AsyncMongoSaver.from_uri(uri, **saver_options)``
         it creates on first use and owns."""
-        import functools
-
         from savegame.savers.mongodb import AsyncMongoSaver
 
         return cls(factory=functools.partial(AsyncMongoSaver.from_uri, uri, **saver_options),
-                   thread_prefix=thread_prefix, serde_kwargs=serde_kwargs, on_save=on_save)
+                   thread_prefix=thread_prefix, serde_kwargs=serde_kwargs, on_save=on_save,
+                   allow_pickle=allow_pickle)
 
     # -- Burr's interface --------------------------------------------------------------
     async def initialize(self) -> None:
@@ -589,17 +731,80 @@ class AsyncPersister(_Common, AsyncBaseStatePersister):
         await self.cleanup()
 
 
-def _load_kwargs(serde_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Deserialization never imports a module named by stored data unless allowed: Burr's
-    pydantic plugin imports the class a row names, so without an allowlist of the caller's
-    (``serde_kwargs={"allowlist": [...]}`` or Burr's ``set_allowlist``) it gets an empty one,
-    and a row holding a pydantic model fails with Burr's "not in the allowlist" error."""
-    if "allowlist" in serde_kwargs:
-        return serde_kwargs
-    try:
-        from burr.integrations.serde import pydantic as pydantic_serde
-    except ImportError:  # no pydantic: Burr's plugin is not registered, nothing to guard
-        return serde_kwargs
-    global_allowlist = getattr(pydantic_serde, "_global_allowlist", None)
-    return {**serde_kwargs, "allowlist": [] if global_allowlist is None else global_allowlist}
+def _load_kwargs(state: Mapping[str, Any], serde_kwargs: dict[str, Any], allow_pickle: bool,
+                 where: str) -> dict[str, Any]:
+    """The keyword arguments for ``State.deserialize`` of one stored row, after checking
+    that Burr will neither import a module nor unpickle anything the caller did not allow.
 
+    Burr's deserializers dispatch on the ``__burr_serde__`` key of any dict in the state:
+
+    - ``"pydantic"`` rows name their class; Burr's plugin imports the module named there
+      unless it is outside an allowlist. The allowlist given here is the caller's
+      (``serde_kwargs={"allowlist": [...]}`` or Burr's ``set_allowlist``) plus the module of
+      every class named in this row that the program **has already imported** and that
+      is a ``pydantic.BaseModel`` subclass (resolved by ``imported_class``: no import, no
+      ``getattr``). Importing an already loaded module runs nothing, so such classes load
+      with no configuration. Any other named class raises ``SerializationError`` naming
+      the row and the key path; nothing is imported.
+    - ``"pickle"`` rows (written for classes given to Burr's ``register_type_to_pickle``)
+      are unpickled by Burr, which runs whatever the bytes say: refused with
+      ``SerializationError`` unless the persister was built with ``allow_pickle=True``.
+    """
+    user = serde_kwargs.get("allowlist")
+    if user is None:
+        pydantic_serde: Any
+        try:
+            from burr.integrations.serde import pydantic as pydantic_serde
+        except ImportError:  # no pydantic: Burr's plugin is not registered
+            pydantic_serde = None
+        user = getattr(pydantic_serde, "_global_allowlist", None)
+    allowlist: list[str] = list(user or [])
+    for path, tagged in _tagged(state, "state"):
+        kind = tagged[_SERDE_KEY]
+        if kind == "pickle" and not allow_pickle:
+            raise SerializationError(
+                f"cannot load {where}: {path} is a pickled value (Burr's "
+                "register_type_to_pickle), and unpickling runs code chosen by whoever "
+                "wrote the row; build the persister with allow_pickle=True if you trust "
+                "the store", path=path, type_name="pickle")
+        if kind != "pydantic":
+            continue
+        name = tagged.get("__pydantic_class")
+        module = name.rsplit(".", 1)[0] if isinstance(name, str) else ""
+        if any(module == allowed or module.startswith(allowed + ".") for allowed in allowlist):
+            continue
+        if isinstance(name, str) and imported_class(name, _pydantic_base()) is not None:
+            allowlist.append(module)
+            continue
+        raise SerializationError(
+            f"cannot load {where}: {path} names pydantic class {name!r}, which is not a "
+            "pydantic model this program has imported; import it before loading, or allow "
+            "its module with serde_kwargs={'allowlist': [...]} (Burr then imports it)",
+            path=path, type_name=name if isinstance(name, str) else None)
+    return {**serde_kwargs, "allowlist": allowlist}
+
+
+def _pydantic_base() -> type:
+    try:
+        import pydantic
+    except ImportError:  # no pydantic: no model can be loaded
+        return _NoModel
+    return pydantic.BaseModel
+
+
+class _NoModel:
+    pass
+
+
+def _tagged(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every dict under ``value`` that carries Burr's ``__burr_serde__`` key, with its key
+    path (the whole tree: Burr's deserializers may recurse into what they rebuild)."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            if _SERDE_KEY in item:
+                yield where, item
+            stack.extend((f"{where}[{key!r}]", child) for key, child in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{index}]", child) for index, child in enumerate(item))

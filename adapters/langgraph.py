@@ -20,8 +20,10 @@ Mapping (one savegame checkpoint per LangGraph checkpoint):
   a key or value that is not JSON-like (or a key with ``.``/``$``) is kept in the state,
   serialized by ``serde``, and filtered client-side;
 - the state holds each channel value as LangGraph's own ``serde.dumps_typed`` pair (type
-  tag kept, allowlist untouched), plus ``v``, ``ts``, ``channel_versions``,
-  ``versions_seen``, ``updated_channels`` and any unknown checkpoint key.
+  tag kept), plus ``v``, ``ts``, ``channel_versions``, ``versions_seen``,
+  ``updated_channels`` and any unknown checkpoint key. The default ``serde`` is
+  :func:`strict_serde`: stored data never makes the checkpointer import or call anything
+  outside LangGraph's safe types, :data:`COMMON_TYPES` and ``allowed_types=``.
 
 ``put`` follows ``new_versions`` as LangGraph's reference saver does: a channel's value is
 the one at its version in ``channel_versions``. A channel in ``new_versions`` takes the
@@ -36,9 +38,11 @@ made only of special writes (error, interrupt, scheduled, resume) overwrites.
 
 Sync and async: every method has its twin. Over a saver with blocking IO (``MongoSaver``)
 the async methods run the IO in a worker thread (savegame's ``BaseSaver`` does it), so the
-event loop never blocks. Over an async-only saver (``AsyncMongoSaver``) the sync methods
-(``invoke``/``stream``) raise ``TypeError`` naming the saver to use instead: run the graph
-with ``ainvoke``/``astream``, or build the checkpointer over ``MongoSaver``.
+event loop never blocks. Over an async-only saver (``AsyncMongoSaver``) a sync method
+called from another thread runs on the event loop the async methods work on
+(``asyncio.run_coroutine_threadsafe``); on that loop's own thread, or with no such loop
+running, it raises ``TypeError`` naming the fix (the async twin, another thread, or
+``MongoSaver``).
 
 Extended methods: ``copy_thread`` (every namespace, whole parent chains and their writes,
 records copied as stored), ``delete_for_runs``, ``prune`` (``"keep_latest"`` and
@@ -54,11 +58,22 @@ keep, for each surviving checkpoint, the ancestors (and their writes) its delta 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import concurrent.futures
+import contextlib
 import heapq
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, TypeVar, cast
 
 from savegame.savers._deps import require
 
@@ -77,11 +92,55 @@ from langgraph.checkpoint.base import (  # noqa: E402
 )
 from langgraph.checkpoint.base import Checkpoint as LGCheckpoint  # noqa: E402
 from langgraph.checkpoint.serde.base import SerializerProtocol  # noqa: E402
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer  # noqa: E402
 
 from savegame.savers.base import BaseSaver  # noqa: E402
 from savegame.savers.checkpoint import Checkpoint, PendingWrite  # noqa: E402
+from savegame.savers.registry import as_saver  # noqa: E402
 
-__all__ = ["Checkpointer"]
+__all__ = ["COMMON_TYPES", "Checkpointer", "strict_serde"]
+
+_T = TypeVar("_T")
+
+#: Classes LangGraph graphs commonly keep in state or pending writes, allowed by the default
+#: serializer on top of LangGraph's own safe list (``SAFE_MSGPACK_TYPES``: datetime, UUID,
+#: Decimal, paths, the langchain-core messages, ``Document``, and ``langgraph.types``'
+#: ``Send``, ``Command``, ``Interrupt``...). Each entry is ``(module, class name)``.
+COMMON_TYPES: tuple[tuple[str, str], ...] = (
+    ("langchain_core.agents", "AgentAction"),
+    ("langchain_core.agents", "AgentActionMessageLog"),
+    ("langchain_core.agents", "AgentFinish"),
+    ("langchain_core.agents", "AgentStep"),
+    ("langchain_core.outputs.generation", "Generation"),
+    ("langchain_core.outputs.generation", "GenerationChunk"),
+    ("langchain_core.outputs.chat_generation", "ChatGeneration"),
+    ("langchain_core.outputs.chat_generation", "ChatGenerationChunk"),
+    ("langchain_core.outputs.chat_result", "ChatResult"),
+    ("langchain_core.outputs.llm_result", "LLMResult"),
+    ("langchain_core.prompt_values", "StringPromptValue"),
+    ("langchain_core.prompt_values", "ChatPromptValue"),
+    ("langchain_core.prompt_values", "ChatPromptValueConcrete"),
+)
+
+
+def strict_serde(allowed_types: Iterable[type | tuple[str, ...]] = ()) -> JsonPlusSerializer:
+    """LangGraph's ``JsonPlusSerializer`` in strict mode: a stored value names a class by
+    module and name (LangGraph's msgpack constructor extension), and only LangGraph's safe
+    list, :data:`COMMON_TYPES` and ``allowed_types`` (classes, or ``(module, name)``
+    tuples) are rebuilt; any other name comes back as its raw stored fields, with nothing
+    imported or called. No pickle, and LangGraph's legacy JSON format revives only its safe
+    types."""
+    extra: builtins.list[tuple[str, ...]] = builtins.list(COMMON_TYPES)
+    for entry in allowed_types:
+        if isinstance(entry, type):
+            extra.append((entry.__module__, entry.__name__))
+        elif isinstance(entry, tuple) and len(entry) >= 2 and all(
+                isinstance(part, str) for part in entry):
+            extra.append(entry)
+        else:
+            raise TypeError(f"allowed_types entries are classes or (module, name) tuples, "
+                            f"got {entry!r}")
+    return JsonPlusSerializer(allowed_msgpack_modules=extra, pickle_fallback=False)
 
 _MAX_INT64 = (1 << 63) - 1
 #: Checkpoint keys with a place of their own in the stored state.
@@ -96,32 +155,51 @@ class Checkpointer(BaseCheckpointSaver[int]):
     """A LangGraph checkpointer storing its checkpoints in a savegame saver.
 
     ``saver`` is any savegame saver (``MemorySaver``, ``VersionedMemorySaver``,
-    ``MongoSaver``, ``AsyncMongoSaver``). ``serde`` is LangGraph's serializer for channel
-    values and writes (default: ``JsonPlusSerializer`` with its allowlist).
+    ``MongoSaver``, ``AsyncMongoSaver``) or a store URI (``"mongodb://host/app"``, opened
+    with ``open_saver`` and closed with the checkpointer). ``serde`` is LangGraph's
+    serializer for channel values and writes; the default is :func:`strict_serde`
+    (``allowed_types``): stored data never makes it import or call anything outside
+    LangGraph's safe list, :data:`COMMON_TYPES` and ``allowed_types``. A ``serde`` you pass
+    is used as it is. With ``LANGGRAPH_STRICT_MSGPACK=true`` LangGraph itself adds each
+    compiled graph's schema types (``with_allowlist``).
 
-    Over ``AsyncMongoSaver`` (async-only) only the async methods work (``ainvoke``,
-    ``astream``, ``aget_state``...); the sync ones raise ``TypeError`` telling to use
-    ``MongoSaver`` for sync graphs. Over the other savers both work, and the async ones
-    never block the event loop on IO.
+    Over ``AsyncMongoSaver`` (async-only) the async methods are native. A sync method
+    called from another thread while the event loop the checkpointer works on runs (a
+    sync node inside ``astream``, ``await asyncio.to_thread(graph.get_state, config)``)
+    is run on that loop with ``asyncio.run_coroutine_threadsafe``, as LangGraph's
+    ``AsyncSqliteSaver`` does; called on the loop's own thread (it would deadlock), or with
+    no such loop running, it raises ``TypeError`` naming the fix. Over the other savers
+    both work, and the async ones never block the event loop on IO.
 
-    ``list`` with a config but no ``checkpoint_ns`` reads the root namespace ``""`` (as
-    ``MongoDBSaver``); ``list(None)`` reads every thread and namespace, newest first.
+    ``list`` with a config but no ``checkpoint_ns`` reads every namespace of the thread
+    (subgraphs included), newest first, as ``InMemorySaver`` does; ``checkpoint_ns=""``
+    reads the root only; ``list(None)`` reads every thread and namespace, newest first.
 
     Use it as a context manager to close a saver it owns (``from_mongodb_uri``).
     """
 
     def __init__(
         self,
-        saver: BaseSaver,
+        saver: BaseSaver | str,
         *,
         serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[type | tuple[str, ...]] = (),
         owns_saver: bool = False,
     ) -> None:
-        if not isinstance(saver, BaseSaver):
-            raise TypeError(f"Checkpointer needs a savegame saver, got {type(saver).__qualname__}")
-        super().__init__(serde=serde)
+        saver, opened = as_saver(saver, what="Checkpointer's saver")  # a store URI: ours
+        allowed = builtins.list(allowed_types)
+        if serde is not None and allowed:
+            raise TypeError("pass allowed_types= or serde=, not both (add types to your own "
+                            "serializer with its with_msgpack_allowlist)")
+        super().__init__(serde=serde if serde is not None else strict_serde(allowed))
         self.saver = saver
-        self._owns_saver = owns_saver
+        self._owns_saver = owns_saver or opened
+        #: The event loop the async methods of an async-only saver last ran on: sync calls
+        #: from other threads are run there.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if saver._async_only:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
 
     # -- constructors and lifecycle ---------------------------------------------------
     @classmethod
@@ -132,6 +210,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
         database: str | None = None,
         client_options: Mapping[str, Any] | None = None,
         serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[type | tuple[str, ...]] = (),
         **saver_options: Any,
     ) -> Checkpointer:
         """A checkpointer over a new ``MongoSaver`` (sync ``MongoClient``) for ``uri``;
@@ -141,7 +220,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
 
         saver = MongoSaver.from_uri(uri, database=database, client_options=client_options,
                                     **saver_options)
-        return cls(saver, serde=serde, owns_saver=True)
+        return cls(saver, serde=serde, allowed_types=allowed_types, owns_saver=True)
 
     @classmethod
     def afrom_mongodb_uri(
@@ -151,16 +230,18 @@ class Checkpointer(BaseCheckpointSaver[int]):
         database: str | None = None,
         client_options: Mapping[str, Any] | None = None,
         serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[type | tuple[str, ...]] = (),
         **saver_options: Any,
     ) -> Checkpointer:
         """A checkpointer over a new ``AsyncMongoSaver`` (``AsyncMongoClient``) for ``uri``;
         ``async with Checkpointer.afrom_mongodb_uri(uri) as checkpointer:`` closes the
-        client. Async-only: run graphs with ``ainvoke``/``astream``."""
+        client. Run graphs with ``ainvoke``/``astream`` (sync calls from other threads are
+        served on the loop)."""
         from savegame.savers import AsyncMongoSaver
 
         saver = AsyncMongoSaver.from_uri(uri, database=database,
                                          client_options=client_options, **saver_options)
-        return cls(saver, serde=serde, owns_saver=True)
+        return cls(saver, serde=serde, allowed_types=allowed_types, owns_saver=True)
 
     def close(self) -> None:
         """Close the saver if this checkpointer created it."""
@@ -201,7 +282,8 @@ class Checkpointer(BaseCheckpointSaver[int]):
 
     # -- sync API ---------------------------------------------------------------------
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(lambda: self.aget_tuple(config), "get_tuple")
         thread_id, namespace, checkpoint_id = _target(config)
         stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
         if stored is None:
@@ -217,13 +299,16 @@ class Checkpointer(BaseCheckpointSaver[int]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        self._sync_ok()
+        if self.saver._async_only:
+            yield from self._iterate_on_loop(
+                self.alist(config, filter=filter, before=before, limit=limit))
+            return
         query = _Query(config, filter, before, limit, self.serde)
         if query.limit == 0:
             return
-        if config is None:
-            spaces = [(t, ns) for t in self.saver.list_threads()
-                      for ns in self.saver.list_namespaces(t)]
+        if config is None or query.namespace is None:
+            threads = [query.thread_id] if config is not None else self.saver.list_threads()
+            spaces = [(t, ns) for t in threads for ns in self.saver.list_namespaces(t)]
             streams = [self._list_space(t, ns, query) for t, ns in spaces]
             yield from _take(heapq.merge(*streams, key=_newest_first), query.limit)
             return
@@ -253,7 +338,9 @@ class Checkpointer(BaseCheckpointSaver[int]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(
+                lambda: self.aput(config, checkpoint, metadata, new_versions), "put")
         thread_id, namespace, parent_id = _target(config)
         values, carry = self._values(checkpoint, new_versions)
         if carry and parent_id is not None:
@@ -269,7 +356,9 @@ class Checkpointer(BaseCheckpointSaver[int]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(
+                lambda: self.aput_writes(config, writes, task_id, task_path), "put_writes")
         thread_id, namespace, checkpoint_id, items, replace = self._writes(
             config, writes, task_id, task_path)
         if items:
@@ -277,13 +366,16 @@ class Checkpointer(BaseCheckpointSaver[int]):
                                   replace=replace)
 
     def delete_thread(self, thread_id: str) -> None:
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(lambda: self.adelete_thread(thread_id), "delete_thread")
         self.saver.delete_thread(str(thread_id))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint (all namespaces, ids and parents kept) and pending write
         of a thread to another thread id; an unknown source copies nothing."""
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(
+                lambda: self.acopy_thread(source_thread_id, target_thread_id), "copy_thread")
         self.saver.copy_thread(str(source_thread_id), str(target_thread_id))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -291,7 +383,8 @@ class Checkpointer(BaseCheckpointSaver[int]):
         ``run_ids``, in every thread and namespace (one metadata query per thread,
         namespace and run). A checkpoint another surviving checkpoint's ``DeltaChannel``
         history goes through is kept, so no delta channel rebuilds as empty."""
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(lambda: self.adelete_for_runs(run_ids), "delete_for_runs")
         runs = _run_ids(run_ids)
         if not runs:
             return
@@ -307,7 +400,8 @@ class Checkpointer(BaseCheckpointSaver[int]):
         """``"delete"``: delete the threads. ``"keep_latest"``: keep, per namespace, the
         latest checkpoint and its pending writes, plus the ancestors its ``DeltaChannel``
         values are rebuilt from (back to their nearest snapshot); delete the rest."""
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(lambda: self.aprune(thread_ids, strategy=strategy), "prune")
         threads = _prune_args(thread_ids, strategy)
         for thread_id in threads:
             if strategy == "delete":
@@ -324,7 +418,9 @@ class Checkpointer(BaseCheckpointSaver[int]):
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        self._sync_ok()
+        if self.saver._async_only:
+            return self._on_loop(lambda: self.aget_delta_channel_history(
+                config=config, channels=channels), "get_delta_channel_history")
         if not channels:
             return {}
         thread_id, namespace, checkpoint_id = _target(config)
@@ -341,6 +437,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
 
     # -- async API --------------------------------------------------------------------
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        self._bind_loop()
         thread_id, namespace, checkpoint_id = _target(config)
         stored = await self.saver.aget(thread_id, checkpoint_id, namespace=namespace)
         if stored is None:
@@ -356,12 +453,15 @@ class Checkpointer(BaseCheckpointSaver[int]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
+        self._bind_loop()
         query = _Query(config, filter, before, limit, self.serde)
         if query.limit == 0:
             return
-        if config is None:
+        if config is None or query.namespace is None:
             tuples: builtins.list[CheckpointTuple] = []
-            for thread_id in await self.saver.alist_threads():
+            threads = ([query.thread_id] if config is not None
+                       else await self.saver.alist_threads())
+            for thread_id in threads:
                 for namespace in await self.saver.alist_namespaces(thread_id):
                     tuples += [t async for t in self._alist_space(thread_id, namespace, query)]
             tuples.sort(key=_newest_first)
@@ -424,6 +524,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        self._bind_loop()
         thread_id, namespace, parent_id = _target(config)
         values, carry = self._values(checkpoint, new_versions)
         if carry and parent_id is not None:
@@ -439,6 +540,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
         task_id: str,
         task_path: str = "",
     ) -> None:
+        self._bind_loop()
         thread_id, namespace, checkpoint_id, items, replace = self._writes(
             config, writes, task_id, task_path)
         if items:
@@ -446,12 +548,15 @@ class Checkpointer(BaseCheckpointSaver[int]):
                                          replace=replace)
 
     async def adelete_thread(self, thread_id: str) -> None:
+        self._bind_loop()
         await self.saver.adelete_thread(str(thread_id))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._bind_loop()
         await self.saver.acopy_thread(str(source_thread_id), str(target_thread_id))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._bind_loop()
         runs = _run_ids(run_ids)
         if not runs:
             return
@@ -466,6 +571,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
                     await self._adelete(thread_id, namespace, _safe_doomed(space, doomed))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._bind_loop()
         threads = _prune_args(thread_ids, strategy)
         for thread_id in threads:
             if strategy == "delete":
@@ -482,6 +588,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
+        self._bind_loop()
         if not channels:
             return {}
         thread_id, namespace, checkpoint_id = _target(config)
@@ -497,14 +604,54 @@ class Checkpointer(BaseCheckpointSaver[int]):
         return walk.result(writes, self.serde)
 
     # -- conversions --------------------------------------------------------------------
-    def _sync_ok(self) -> None:
-        if getattr(self.saver, "_async_only", False):
-            name = type(self.saver).__name__
+    def _bind_loop(self) -> None:
+        """Remember the loop an async-only saver's methods run on (its client is bound to
+        it): sync calls from other threads are served there."""
+        if self.saver._async_only:
+            self._loop = asyncio.get_running_loop()
+
+    def _serving_loop(self, method: str) -> asyncio.AbstractEventLoop:
+        name = type(self.saver).__name__
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or loop.is_closed() or not loop.is_running():
             raise TypeError(
-                f"Checkpointer over {name} is async-only: run the graph with its async "
-                "methods (ainvoke, astream, aget_state...), or build the Checkpointer over "
-                f"the sync twin of {name} (MongoSaver) to use invoke/stream"
-            )
+                f"Checkpointer over {name} is async-only and no event loop it works on is "
+                f"running, so sync {method}() has nothing to run on: run the graph with its "
+                "async methods (ainvoke, astream, aget_state...), call sync methods only "
+                "from other threads while that loop runs, or build the Checkpointer over "
+                f"the sync twin of {name} (MongoSaver) to use invoke/stream")
+        if running is loop:
+            raise TypeError(
+                f"sync {method}() called on the thread of the event loop that serves this "
+                f"Checkpointer over {name}: it would wait forever for the loop it blocks. "
+                f"Await the async twin (checkpointer.a{method}(...), graph.ainvoke, "
+                "graph.aget_state...) or call it from another thread "
+                "(await asyncio.to_thread(...))")
+        return loop
+
+    def _on_loop(self, make: Callable[[], Awaitable[_T]], method: str) -> _T:
+        """Run an async method on the serving loop from this (other) thread."""
+        loop = self._serving_loop(method)
+        return _wait(asyncio.run_coroutine_threadsafe(_await(make()), loop), loop, method)
+
+    def _iterate_on_loop(self, items: AsyncIterator[_T]) -> Iterator[_T]:
+        loop = self._serving_loop("list")
+        try:
+            while True:
+                future = asyncio.run_coroutine_threadsafe(_next(items), loop)
+                try:
+                    yield _wait(future, loop, "list")
+                except StopAsyncIteration:
+                    return
+        finally:
+            if loop.is_running() and hasattr(items, "aclose"):
+                closing = asyncio.run_coroutine_threadsafe(_await(items.aclose()), loop)
+                with contextlib.suppress(Exception):
+                    _wait(closing, loop, "list")
 
     def _values(
         self, checkpoint: LGCheckpoint, new_versions: ChannelVersions
@@ -603,6 +750,27 @@ class Checkpointer(BaseCheckpointSaver[int]):
 
 
 # -- helpers --------------------------------------------------------------------------
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+async def _next(items: AsyncIterator[_T]) -> _T:
+    return await items.__anext__()
+
+
+def _wait(future: concurrent.futures.Future[_T], loop: asyncio.AbstractEventLoop,
+          method: str) -> _T:
+    """The future's result, without hanging if the loop stops before it completes."""
+    while True:
+        try:
+            return future.result(timeout=0.25)
+        except concurrent.futures.TimeoutError:
+            if not loop.is_running():
+                future.cancel()
+                raise RuntimeError(f"the event loop serving sync {method}() stopped before "
+                                   "the call completed") from None
+
+
 def _target(config: RunnableConfig) -> tuple[str, str, str | None]:
     configurable = config.get("configurable") or {}
     if "thread_id" not in configurable:
@@ -716,8 +884,11 @@ class _Query:
         serde: SerializerProtocol,
     ) -> None:
         self.serde = serde
-        self.thread_id, self.namespace, self.checkpoint_id = (
+        self.thread_id, namespace, self.checkpoint_id = (
             _target(config) if config is not None else ("", "", None))
+        given = (config or {}).get("configurable", {}).get("checkpoint_ns")
+        #: None: every namespace of the thread (no checkpoint_ns in the config)
+        self.namespace: str | None = None if given is None else namespace
         self.before = get_checkpoint_id(before) if before else None
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")

@@ -33,6 +33,8 @@ from savegame.savers._deps import require
 from savegame.savers.base import BaseSaver
 from savegame.savers.checkpoint import Checkpoint
 from savegame.savers.errors import SavegameError, SerializationError
+from savegame.savers.registry import as_saver
+from savegame.savers.serde import imported_class
 
 require("workflows", "llamaindex")
 
@@ -57,6 +59,7 @@ __all__ = [
     "CheckpointSerializationError",
     "CheckpointedHandler",
     "PendingInput",
+    "SafeJsonSerializer",
     "WorkflowCheckpointer",
 ]
 
@@ -327,29 +330,33 @@ class WorkflowCheckpointer:
     handler at once, like ``Workflow.run``.
 
     Snapshots name classes (events, pydantic models in ``ctx.store``); restoring them never
-    imports a class by a name read from storage: the default serializer resolves only the
-    workflow's own events (``workflow.events``) and the classes given in ``allowed_types``
-    (add the events you ``wait_for_event`` on or ``send_event`` from outside the steps, and
-    the models you keep in ``ctx.store``). A ``serializer`` you pass, or the workflow's
-    own, is used as it is.
+    imports a class by a name read from storage. The default serializer
+    (:class:`SafeJsonSerializer`) resolves the workflow's own events
+    (``workflow.events``), the classes given in ``allowed_types``, and any ``Event``
+    subclass the program has already imported (so the events a step ``wait_for_event``s
+    on need no configuration); other classes, such as the pydantic models you keep in
+    ``ctx.store``, must be listed in ``allowed_types``. A ``serializer`` you pass, or the
+    workflow's own, is used as it is.
     """
 
     def __init__(
         self,
         workflow: Workflow,
-        saver: BaseSaver,
+        saver: BaseSaver | str,
         *,
         namespace: str = "",
         serializer: BaseSerializer | None = None,
         allowed_types: Iterable[type[Any]] = (),
     ) -> None:
         self.workflow = workflow
-        self.saver = saver
+        # a store URI is opened here (open_async_saver) and closed by aclose()
+        self.saver, self._owns_saver = as_saver(saver, asynchronous=True,
+                                                what="WorkflowCheckpointer's saver")
         self.namespace = namespace
         self._serializer: BaseSerializer = (
             serializer if serializer is not None
             else workflow.serializer if workflow.serializer is not None
-            else JsonSerializer(allowed_types=_known_classes(workflow, allowed_types))
+            else SafeJsonSerializer(allowed_types=_known_classes(workflow, allowed_types))
         )
         response_types = [
             cls for cls in workflow.events
@@ -400,6 +407,12 @@ class WorkflowCheckpointer:
         return handler
 
     # -- human in the loop -----------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the saver if this checkpointer opened it from a store URI."""
+        if self._owns_saver:
+            self._owns_saver = False
+            await self.saver.aclose()
+
     async def pending_input(self, thread_id: str) -> PendingInput | None:
         """What the thread's latest checkpoint is waiting for, or None."""
         checkpoint = await self.saver.aget(thread_id, namespace=self.namespace)
@@ -456,6 +469,41 @@ class WorkflowCheckpointer:
             raise ValueError(f"checkpoint {checkpoint.id!r} of thread {thread_id!r} was not "
                              "written by the LlamaIndex workflow checkpointer")
         return checkpoint
+
+
+class SafeJsonSerializer(JsonSerializer):
+    """LlamaIndex's ``JsonSerializer`` that never imports a class named by stored data.
+
+    A stored ``qualified_name`` resolves, in this order, to: a class given in
+    ``allowed_types`` (or a framework-owned persistence type), as ``JsonSerializer`` does;
+    else an **already imported** subclass of :class:`workflows.events.Event` carrying
+    exactly that name (looked up in ``sys.modules`` and class dictionaries by
+    :func:`savegame.savers.serde.imported_class`: no import, no module ``__getattr__``);
+    else the name is refused with ``ValueError``. String entries in ``allowed_types`` keep
+    ``JsonSerializer``'s lookup by import for that one name: an explicit opt-in.
+
+    Why this is safe: what a stored name can select is limited to event classes the
+    running program has itself imported; rebuilding one validates the stored fields with
+    that event's pydantic model, which is what LlamaIndex does with every event it
+    receives. A function (``os.system``), a class of another kind (``subprocess.Popen``)
+    or a module the program has not imported is never reached.
+    """
+
+    def resolve_class(self, qualified_name: str) -> type[Any]:
+        known = self._registered_types.get(qualified_name)
+        if known is not None:
+            return known
+        event = imported_class(qualified_name, Event)
+        if event is not None:
+            return event
+        return super().resolve_class(qualified_name)
+
+    def with_types(self, *classes: type[Any]) -> JsonSerializer:
+        if self._allowed_type_names is None:
+            return self
+        registered = tuple(dict.fromkeys(self._registered_types.values()))
+        legacy = self._allowed_type_names - self._registered_types.keys()
+        return SafeJsonSerializer(allowed_types=(*registered, *legacy, *classes))
 
 
 def _known_classes(workflow: Workflow, extra: Iterable[type[Any]]) -> list[type[Any]]:

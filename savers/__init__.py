@@ -1,7 +1,7 @@
 """savegame.savers: checkpoint savers with delta-encoded, zstd-compressed storage.
 
-The MongoDB and Redis savers are imported lazily, so ``import savegame.savers`` never needs
-pymongo or redis-py.
+The file, MongoDB and Redis savers are imported lazily, so ``import savegame.savers``
+stays light and never needs pymongo or redis-py.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from .errors import (
     SerializationError,
 )
 from .memory import MemorySaver, VersionedMemorySaver
+from .registry import open_async_saver, open_saver, register_saver
 from .serde import Serializer, register_type
 
 if TYPE_CHECKING:
+    from .file import AsyncFileSystemSaver as AsyncFileSystemSaver
+    from .file import FileSystemSaver as FileSystemSaver
     from .mongodb import AsyncMongoSaver as AsyncMongoSaver
     from .mongodb import MongoSaver as MongoSaver
     from .redis import AsyncRedisSaver as AsyncRedisSaver
@@ -32,10 +35,12 @@ if TYPE_CHECKING:
 # __getattr__), so a star import of this package never needs pymongo or redis-py; import
 # them by name.
 __all__ = [
+    "AsyncFileSystemSaver",
     "BaseSaver",
     "Checkpoint",
     "ConflictError",
     "CorruptCheckpointError",
+    "FileSystemSaver",
     "KeyframePolicy",
     "MemorySaver",
     "MissingDependencyError",
@@ -46,11 +51,18 @@ __all__ = [
     "Serializer",
     "VersionedMemorySaver",
     "new_checkpoint_id",
+    "open_async_saver",
+    "open_saver",
+    "register_saver",
     "register_type",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("FileSystemSaver", "AsyncFileSystemSaver"):
+        from . import file
+
+        return getattr(file, name)
     if name in ("MongoSaver", "AsyncMongoSaver"):
         from . import mongodb
 

@@ -154,13 +154,12 @@ Flow = Generator[Any, Any, R]
 
 @dataclass(frozen=True, slots=True)
 class _Known:
-    """A decoded state: its bytes, its record header, the id of its nearest anchor (itself
-    when it is an anchor or keyframe), which a child may be encoded against, and, when
-    known, the checkpoint as stored with the monotonic time it was seen there."""
+    """A decoded state: its bytes and its record header (a child may be encoded against
+    it), and, when known, the checkpoint as stored with the monotonic time it was seen
+    there."""
 
     raw: bytes
     header: codec.RecordHeader
-    anchor_id: str
     stored: StoredCheckpoint | None = None
     seen: float = 0.0
 
@@ -172,8 +171,9 @@ class _Known:
 class _RawCache:
     """Serialized states of recently written or read checkpoints, bounded by bytes.
 
-    It lets "load latest, put next" cost one compression (the parent's and its anchor's
-    bytes are at hand for the delta) and lets reads start from a cached ancestor.
+    It lets "load latest, put next" cost one compression (the parent's bytes are at hand
+    for the delta, the master's for rewriting older masters) and lets reads start from a
+    cached ancestor.
     """
 
     def __init__(self, max_bytes: int):
@@ -212,6 +212,18 @@ class _RawCache:
             self._spaces[key[:2]] += 1
             while self._size > self.max_bytes:
                 self._forget(next(iter(self._items)))
+
+    def known_ids(self, thread_id: str, namespace: str, limit: int) -> list[str]:
+        """Ids of the thread and namespace held, most recently used first (at most
+        ``limit``): where a store's read may stop walking base links."""
+        out: list[str] = []
+        with self._lock:
+            for key in reversed(self._items):
+                if key[0] == thread_id and key[1] == namespace:
+                    out.append(key[2])
+                    if len(out) == limit:
+                        break
+        return out
 
     def discard(self, key: tuple[str, str, str]) -> None:
         with self._lock:
@@ -310,6 +322,10 @@ class BaseSaver:
     #: first (``_insert`` returned HEAD_MOVED), before ConflictError; the pause between
     #: attempts grows from ``_backoff[0]`` to at most ``_backoff[1]`` seconds (jittered).
     _head_retries: ClassVar[int] = 64
+    #: The saver sets itself up on its first operation (indexes, directories); ``setup()``
+    #: where a saver has one only does it earlier. A plug-in saver that needs an explicit
+    #: setup says False.
+    ready_on_first_use: ClassVar[bool] = True
     _backoff: ClassVar[tuple[float, float]] = (0.001, 0.05)
 
     def __init__(
@@ -406,6 +422,22 @@ class BaseSaver:
         another thread id; records are copied as stored, without re-encoding."""
         self._run(self._copy_thread_flow(source_thread_id, target_thread_id))
 
+    def read_records(
+        self, thread_id: str
+    ) -> tuple[builtins.list[StoredCheckpoint], builtins.list[StoredWrite]]:
+        """Every checkpoint and pending write of a thread (all namespaces) exactly as
+        stored, records still encoded: what export, copy and verify move and check."""
+        return self._run(self._read_records_flow(thread_id))
+
+    def write_records(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite] = ()
+    ) -> None:
+        """Store records read from any saver (``read_records``, an export archive) as
+        they are: ids, seqs and records kept. Records already stored are skipped, so
+        running it again after an interruption completes the copy without duplicates.
+        A record whose checksum does not bind it to its place is refused."""
+        self._run(self._write_records_flow(checkpoints, writes))
+
     def delete_checkpoints(
         self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
     ) -> None:
@@ -476,6 +508,16 @@ class BaseSaver:
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await self._arun(self._copy_thread_flow(source_thread_id, target_thread_id))
 
+    async def aread_records(
+        self, thread_id: str
+    ) -> tuple[builtins.list[StoredCheckpoint], builtins.list[StoredWrite]]:
+        return await self._arun(self._read_records_flow(thread_id))
+
+    async def awrite_records(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite] = ()
+    ) -> None:
+        await self._arun(self._write_records_flow(checkpoints, writes))
+
     async def adelete_checkpoints(
         self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
     ) -> None:
@@ -524,59 +566,72 @@ class BaseSaver:
             result = await result
         return result
 
+    # A primitive's exception is thrown into the flow at its yield, so a flow can handle
+    # it (the best-effort work after a put does); unhandled, it leaves the flow as raised.
+    def _drive(self, flow: Flow[R]) -> Generator[Any, None, R]:
+        """Run ``flow`` against the sync primitives: yields what it emits, returns its
+        result."""
+        value: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            if isinstance(step, _Emit):
+                yield step.value
+            elif isinstance(step, _Sleep):
+                time.sleep(step.seconds)
+            else:
+                try:
+                    value = self._call(step)
+                except Exception as exc:
+                    error = exc
+
     def _run(self, flow: Flow[R]) -> R:
         with self._guard():
-            value: Any = None
-            while True:
-                try:
-                    call = flow.send(value)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-                if isinstance(call, _Sleep):
-                    time.sleep(call.seconds)
-                    value = None
-                else:
-                    value = self._call(call)
-
-    async def _arun(self, flow: Flow[R]) -> R:
-        with self._guard():
-            value: Any = None
-            while True:
-                try:
-                    call = flow.send(value)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-                if isinstance(call, _Sleep):
-                    await asyncio.sleep(call.seconds)
-                    value = None
-                else:
-                    value = await self._acall(call)
+            driver = self._drive(flow)
+            try:
+                next(driver)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            raise RuntimeError("a flow run for its result emitted a value")
 
     def _iterate(self, flow: Flow[None]) -> Iterator[Any]:
+        yield from self._drive(flow)
+
+    async def _adrive(self, flow: Flow[R], result: builtins.list[Any]) -> AsyncIterator[Any]:
+        """The async twin of :meth:`_drive`; the flow's result is appended to ``result``."""
         value: Any = None
+        error: Exception | None = None
         while True:
             try:
-                step = flow.send(value)
-            except StopIteration:
+                step = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                result.append(stop.value)
                 return
+            value, error = None, None
             if isinstance(step, _Emit):
-                value = None
                 yield step.value
+            elif isinstance(step, _Sleep):
+                await asyncio.sleep(step.seconds)
             else:
-                value = self._call(step)
+                try:
+                    value = await self._acall(step)
+                except Exception as exc:
+                    error = exc
+
+    async def _arun(self, flow: Flow[R]) -> R:
+        result: builtins.list[Any] = []
+        with self._guard():
+            async for _ in self._adrive(flow, result):
+                raise RuntimeError("a flow run for its result emitted a value")
+        return result[0]  # type: ignore[no-any-return]
 
     async def _aiterate(self, flow: Flow[None]) -> AsyncIterator[Any]:
-        value: Any = None
-        while True:
-            try:
-                step = flow.send(value)
-            except StopIteration:
-                return
-            if isinstance(step, _Emit):
-                value = None
-                yield step.value
-            else:
-                value = await self._acall(step)
+        async for item in self._adrive(flow, []):
+            yield item
 
     # -- flows -----------------------------------------------------------------------
     def _put_flow(self, checkpoint: Checkpoint) -> Flow[Checkpoint]:
@@ -639,11 +694,64 @@ class BaseSaver:
         if existing is not None:  # the id was taken: a retry, a re-put, or a race
             return self._same_or_conflict(existing, checkpoint, metadata, digest)
         self._saw_head(space, stored)
-        new_id = stored.id
-        anchor_id = new_id if encoded.header.is_anchor else known.anchor_id if known else new_id
-        self._cache.put((thread_id, namespace, new_id),
-                        _Known(raw, encoded.header, anchor_id, stored, time.monotonic()))
+        written = _Known(raw, encoded.header, stored, time.monotonic())
+        self._cache.put((thread_id, namespace, stored.id), written)
+        if encoded.header.is_keyframe and parent is not None and self.policy.reverse:
+            yield from self._reverse_older_masters(parent, written)
         return stored.to_checkpoint(checkpoint.state)
+
+    def _reverse_older_masters(self, parent: StoredCheckpoint, master: _Known) -> Flow[None]:
+        """After writing ``master``: rewrite the masters its Fenwick step names (the
+        previous one, the parent's chain's, and the roots that one carried) as reverse
+        records against it: one read for the roots not cached, one write (``_replace_many``
+        where the store has it). Best effort: the put has succeeded, and a master left
+        whole is only bigger, never wrong; each rewrite is atomic and its new base exists."""
+        assert master.stored is not None
+        thread_id, namespace = parent.thread_id, parent.namespace
+        previous = self._cache.get((thread_id, namespace, parent.keyframe_id))
+        if previous is None or previous.stored is None or not previous.header.is_keyframe:
+            return  # not extending the newest master (a fork from history, or cold)
+        members, _ = codec.repoint(previous.header.roots,
+                                   (previous.header.index, previous.stored.id),
+                                   master.header.index)
+        others = sorted({member_id for _, member_id in members} - {previous.stored.id})
+        lookup: dict[str, StoredCheckpoint] = {}
+        if others:
+            try:
+                for item in (yield Call("_read_chains", (thread_id, namespace, others))):
+                    lookup[item.id] = item
+            except Exception:  # a store error: the put stands, the masters stay whole
+                return
+        prepared = (codec.Dictionary(master.raw, len(master.raw), self.policy.delta_level)
+                    if others else None)
+        rewritten: builtins.list[StoredCheckpoint] = []
+        for member_id in [previous.stored.id, *others]:
+            try:
+                if member_id == previous.stored.id:
+                    stored, raw = previous.stored, previous.raw
+                else:
+                    stored = lookup[member_id]
+                    if stored.depth != 1:
+                        continue
+                    raw = self._decode(stored, lookup, {})
+                encoded = codec.encode_reverse(raw, self._header(stored), master.base,
+                                               self.policy, where=_location(stored),
+                                               dictionary=prepared)
+            except (SavegameError, KeyError):
+                continue  # vanished, damaged or unreadable: leave it as it is
+            rewritten.append(dataclasses.replace(stored, record=encoded.data,
+                                                 base_id=master.stored.id, depth=1))
+        try:
+            if hasattr(self, "_replace_many"):
+                yield Call("_replace_many", (rewritten,))
+            else:
+                for stored in rewritten:
+                    with contextlib.suppress(KeyError):
+                        yield Call("_replace", (stored,))
+        except Exception:  # a store error: the put stands, the masters stay whole
+            pass
+        for stored in rewritten:
+            self._cache.discard((thread_id, namespace, stored.id))
 
     @staticmethod
     def _no_parent(checkpoint: Checkpoint) -> ParentNotFoundError:
@@ -674,22 +782,21 @@ class BaseSaver:
         known: _Known | None,
     ) -> tuple[StoredCheckpoint, codec.EncodedRecord]:
         """The record of ``checkpoint`` as a child of ``parent`` (a delta when the parent's
-        state is at hand in ``known``)."""
+        state is at hand in ``known``, else a master numbered after the parent's)."""
         thread_id, namespace = checkpoint.thread_id, checkpoint.namespace
-        anchor = None
-        if known is not None and parent is not None:
-            anchor = known if known.anchor_id == parent.id else self._cache.get(
-                (thread_id, namespace, known.anchor_id))
         new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id(
             parent.id if parent is not None else None)
-        encoded = codec.encode(raw, known.base if known else None,
-                               anchor.base if anchor else None, self.policy, digest,
-                               codec.location(thread_id, namespace, new_id))
-        base_id: str | None = None
-        if encoded.base == codec.DELTA and parent is not None:
-            base_id = parent.id
-        elif encoded.base == codec.ANCHOR and known is not None:
-            base_id = known.anchor_id
+        index, roots = 1, builtins.list[codec.Root]()
+        if known is not None and parent is not None:
+            index = known.header.index + 1
+            root = self._cache.get((thread_id, namespace, parent.keyframe_id))
+            if root is not None and root.header.is_keyframe and root.stored is not None:
+                _, roots = codec.repoint(root.header.roots, (root.header.index,
+                                                             root.stored.id), index)
+        encoded = codec.encode(raw, known.base if known else None, self.policy,
+                               digest=digest, where=codec.location(thread_id, namespace, new_id),
+                               index=index, roots=roots)
+        delta = encoded.base == codec.DELTA and parent is not None
         stored = StoredCheckpoint(
             thread_id=thread_id,
             namespace=namespace,
@@ -701,8 +808,8 @@ class BaseSaver:
             metadata=metadata,
             created_at=_now(),
             record=encoded.data,
-            keyframe_id=parent.keyframe_id if base_id and parent is not None else new_id,
-            base_id=base_id,
+            keyframe_id=parent.keyframe_id if delta and parent is not None else new_id,
+            base_id=parent.id if delta and parent is not None else None,
             depth=encoded.header.depth,
         )
         return stored, encoded
@@ -774,10 +881,7 @@ class BaseSaver:
             raw = cached.raw
         else:
             lookup[stored.id] = stored
-            if self._missing_keyframes([stored], lookup):
-                for item in (yield Call("_read_chains", (thread_id, namespace,
-                                                         [stored.keyframe_id]))):
-                    lookup.setdefault(item.id, item)
+            yield from self._fetch_chains(thread_id, namespace, [stored], lookup)
             raw = self._decode(stored, lookup, {}, remember=True)
         return stored.to_checkpoint(self._loads(raw, stored))
 
@@ -801,10 +905,7 @@ class BaseSaver:
             "_list", (thread_id, namespace, before, limit, metadata)
         )
         lookup = {item.id: item for item in items}
-        missing = self._missing_keyframes(items, lookup)
-        if missing:
-            for item in (yield Call("_read_chains", (thread_id, namespace, sorted(missing)))):
-                lookup.setdefault(item.id, item)
+        yield from self._fetch_chains(thread_id, namespace, items, lookup)
         memo: dict[str, bytes] = {}
         chain: str | None = None
         for item in items:
@@ -922,6 +1023,38 @@ class BaseSaver:
         ))
         self._cache.drop_thread(target)
 
+    def _read_records_flow(
+        self, thread_id: str
+    ) -> Flow[tuple[builtins.list[StoredCheckpoint], builtins.list[StoredWrite]]]:
+        _check_ids(thread_id, "")
+        checkpoints, writes = yield Call("_read_thread", (thread_id,))
+        return builtins.list(checkpoints), builtins.list(writes)
+
+    def _write_records_flow(
+        self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite]
+    ) -> Flow[None]:
+        for item in checkpoints:
+            if not isinstance(item, StoredCheckpoint):
+                raise TypeError(f"expected StoredCheckpoint, got {type(item).__qualname__}")
+            _check_ids(item.thread_id, item.namespace)
+            _check_id("checkpoint id", item.id)
+            self._header(item)  # the checksum binds the record to (thread, ns, id)
+        for write in writes:
+            if not isinstance(write, StoredWrite):
+                raise TypeError(f"expected StoredWrite, got {type(write).__qualname__}")
+            _check_ids(write.thread_id, write.namespace)
+            try:
+                codec.read_header(write.record, 0, _write_location(write))
+            except codec.RecordError as exc:
+                raise CorruptCheckpointError(
+                    f"pending write ({write.task_id!r}, {write.index}): {exc}",
+                    thread_id=write.thread_id, namespace=write.namespace,
+                    checkpoint_id=write.checkpoint_id) from None
+        if checkpoints or writes:
+            yield Call("_copy_in", (builtins.list(checkpoints), builtins.list(writes)))
+        for thread_id in {item.thread_id for item in checkpoints}:
+            self._cache.drop_thread(thread_id)
+
     def _delete_checkpoints_flow(
         self, thread_id: str, checkpoint_ids: Sequence[str], namespace: str
     ) -> Flow[None]:
@@ -935,15 +1068,24 @@ class BaseSaver:
             "_list", (thread_id, namespace, None, None, None)
         )
         lookup = {item.id: item for item in items}
-        for item in sorted(items, key=lambda i: i.id):  # parents before children
+        # Masters and reverse records first, newest first (each only depends on newer
+        # ones), then forward records, parents before children.
+        roots = sorted((i for i in items if i.depth == 1), key=lambda i: -i.seq)
+        forward = sorted((i for i in items if i.depth != 1), key=lambda i: i.id)
+        for item in [*roots, *forward]:
             if item.id in doomed or not self._path_hits(item, lookup, doomed):
                 continue
-            # Survivor decoded through a doomed record: re-encode it against its nearest
-            # surviving (already rewritten) ancestor on the parent chain, or as a keyframe.
+            # Survivor decoded through a doomed record: re-encode it against its surviving
+            # (already rewritten) parent, or as a master; never deeper than it was, since
+            # its children's depths were counted from it.
             raw = self._decode(item, lookup, {})
-            base = self._surviving_base(item, lookup, doomed)
-            encoded = codec.encode(raw, base[1].base if base else None, None, self.policy,
-                                   where=_location(item))
+            base = None if item.depth == 1 else self._surviving_base(item, lookup, doomed)
+            header = self._header(item)
+            encoded = codec.encode(raw, base[1].base if base else None, self.policy,
+                                   where=_location(item), index=max(1, header.index))
+            if encoded.header.depth > item.depth:
+                encoded = codec.encode(raw, None, self.policy, where=_location(item),
+                                       index=max(1, header.index))
             delta = encoded.base == codec.DELTA and base is not None
             # The chain-group label (keyframe_id) stays: children not yet rewritten are
             # still fetched with this record if the deletion stops halfway.
@@ -954,7 +1096,7 @@ class BaseSaver:
             yield Call("_replace", (rewritten,))
             lookup[item.id] = rewritten
             self._cache.put((thread_id, namespace, item.id),
-                            _Known(raw, encoded.header, item.id, rewritten, time.monotonic()))
+                            _Known(raw, encoded.header, rewritten, time.monotonic()))
         yield Call("_delete_checkpoints", (thread_id, namespace, sorted(doomed)))
         for checkpoint_id in doomed:
             self._cache.discard((thread_id, namespace, checkpoint_id))
@@ -1014,10 +1156,12 @@ class BaseSaver:
         except codec.RecordError as exc:
             raise _corrupt(stored, str(exc)) from None
 
-    def _missing_keyframes(
+    def _missing_chains(
         self, items: Sequence[StoredCheckpoint], lookup: Mapping[str, StoredCheckpoint]
     ) -> set[str]:
-        """Keyframe ids of chains whose records are not all in ``lookup`` or the cache."""
+        """Labels (``keyframe_id``) of the chains whose records the decode paths of
+        ``items`` need and neither ``lookup`` nor the cache holds: a forward record's own
+        chain, or the newer master's chain a reverse record points to."""
         missing: set[str] = set()
         for item in items:
             current = item
@@ -1026,10 +1170,26 @@ class BaseSaver:
                     break
                 parent = lookup.get(current.base_id)
                 if parent is None:
-                    missing.add(item.keyframe_id)
+                    missing.add(current.base_id if current.depth == 1 else current.keyframe_id)
                     break
                 current = _step_back(item, current, parent)
         return missing
+
+    def _fetch_chains(
+        self, thread_id: str, namespace: str, items: Sequence[StoredCheckpoint],
+        lookup: dict[str, StoredCheckpoint],
+    ) -> Flow[None]:
+        """Add to ``lookup`` every record the decode paths of ``items`` need: one query
+        per step back along reverse records (none for a path that stays in one chain);
+        stops when a query brings nothing new (a cut chain is reported when decoding)."""
+        asked: set[str] = set()
+        while True:
+            missing = self._missing_chains(items, lookup) - asked
+            if not missing:
+                return
+            asked |= missing
+            for item in (yield Call("_read_chains", (thread_id, namespace, sorted(missing)))):
+                lookup.setdefault(item.id, item)
 
     def _decode(
         self,
@@ -1053,7 +1213,7 @@ class BaseSaver:
             if known is not None:
                 parent = lookup.get(current.base_id)
                 if parent is not None:
-                    base = _Known(known, self._header(parent), "")
+                    base = _Known(known, self._header(parent))
                     break
             cached = self._cache.get((target.thread_id, target.namespace, current.base_id))
             if cached is not None:
@@ -1067,39 +1227,35 @@ class BaseSaver:
             current = _step_back(target, current, parent)
             path.append(current)
         path.reverse()
-        if base is not None and path[0].depth <= base.header.depth:
-            raise _corrupt(target, "record chain depth is inconsistent")
         try:
-            raws = codec.decode_path([p.record for p in path], base.base if base else None,
-                                     [_location(p) for p in path])
+            decoded = codec.decode_records([p.record for p in path],
+                                           base.base if base else None,
+                                           [_location(p) for p in path])
         except codec.RecordError as exc:
             failed = path[min(exc.position, len(path) - 1)]
             detail = f"record {failed.id!r}: {exc}" if failed is not target else str(exc)
             raise _corrupt(target, detail) from None
-        for item, raw in zip(path, raws, strict=True):
+        for item, (raw, _) in zip(path, decoded, strict=True):
             memo[item.id] = raw
         if remember:
-            self._remember(path, raws, base)
-        return raws[-1]
+            self._remember(path, decoded)
+        return decoded[-1][0]
 
     def _remember(
-        self, path: Sequence[StoredCheckpoint], raws: Sequence[bytes], base: _Known | None
+        self, path: Sequence[StoredCheckpoint],
+        decoded: Sequence[tuple[bytes, codec.RecordHeader]],
     ) -> None:
-        """Cache the decoded tip of ``path`` and its nearest anchor."""
-        anchor_id = base.anchor_id if base is not None else ""
-        anchor: tuple[StoredCheckpoint, bytes] | None = None
-        for item, raw in zip(path, raws, strict=True):
-            if self._header(item).is_anchor:
-                anchor, anchor_id = (item, raw), item.id
-        tip = path[-1]
+        """Cache the decoded tip of ``path`` (a put that follows is a delta against it) and
+        the master or reverse record its forward chain starts from (a master written
+        after it rewrites that one)."""
         now = time.monotonic()
-        if anchor is not None and anchor[0] is not tip:
-            item, raw = anchor
-            self._cache.put((item.thread_id, item.namespace, item.id),
-                            _Known(raw, self._header(item), item.id, item, now))
-        if anchor_id:
-            self._cache.put((tip.thread_id, tip.namespace, tip.id),
-                            _Known(raws[-1], self._header(tip), anchor_id, tip, now))
+        for position in range(len(path) - 1, -1, -1):
+            item, (raw, header) = path[position], decoded[position]
+            if position == len(path) - 1 or header.is_root:
+                self._cache.put((item.thread_id, item.namespace, item.id),
+                                _Known(raw, header, item, now))
+            if header.is_root:
+                break
 
     def _decode_all(self, items: Sequence[StoredCheckpoint]) -> tuple[Checkpoint, ...]:
         """Decode a whole released run (every chain complete), newest first."""
@@ -1166,10 +1322,15 @@ def _moved(item: _Item, source: _Item) -> _Item:
 def _step_back(
     target: StoredCheckpoint, current: StoredCheckpoint, base: StoredCheckpoint
 ) -> StoredCheckpoint:
-    """One step from ``current`` to its base record on ``target``'s decode path. Depth falls
-    strictly toward the keyframe, so every walk ends within ``target.depth`` steps, even
+    """One step from ``current`` to its base record on ``target``'s decode path. Along a
+    forward chain depth falls strictly toward its master (depth 1); from there reverse
+    records lead only to newer masters (depth 1, higher seq). So every walk ends, even
     over stored records that name themselves or each other as bases."""
-    if base.depth >= current.depth:
+    if current.depth == 1:  # a reverse record: its base is a newer master
+        if base.depth != 1 or base.seq <= current.seq:
+            raise _corrupt(target, f"record {current.id!r} names base {base.id!r}, which is "
+                                   "not a newer master: the record chain loops or is damaged")
+    elif base.depth >= current.depth:
         raise _corrupt(target, f"record {current.id!r} names base {base.id!r}, which is not "
                                "shallower: the record chain loops or is damaged")
     return base

@@ -5,13 +5,19 @@ from __future__ import annotations
 import bisect
 import contextlib
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import HEAD_MOVED, BaseSaver, StoredCheckpoint, StoredWrite
 
 __all__ = ["MemorySaver", "VersionedMemorySaver"]
+
+_M = TypeVar("_M", bound="MemorySaver")
+#: ``memory://NAME`` stores of this process, by (class, name)
+_named: dict[tuple[type, str], Any] = {}
+_named_lock = threading.Lock()
 
 
 @dataclass
@@ -42,8 +48,51 @@ class MemorySaver(BaseSaver):
         self._threads: dict[str, dict[str, _Space]] = {}
         self._lock = threading.RLock()
 
+    @classmethod
+    def from_uri(cls: type[_M], uri: str, **options: Any) -> _M:
+        """The store ``memory://NAME`` names: one saver per name in this process, created
+        with ``options`` on first open (a later open with options is refused, as they would
+        be ignored); ``memory://`` alone is a new anonymous store. ``?load=PATH`` imports an
+        export archive into it (``savegame.savers.archive``), e.g. to inspect a backup with
+        the ``savegame`` command: ``savegame ls -s 'memory://?load=backup.sgar'``."""
+        parts = urllib.parse.urlsplit(uri)
+        name = urllib.parse.unquote(parts.netloc + parts.path.rstrip("/"))
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(query) - {"load"}
+        if unknown:
+            raise ValueError(f"unknown memory:// URI parameter(s): {', '.join(sorted(unknown))}")
+        if not name:
+            saver = cls(**options)
+        else:
+            with _named_lock:
+                existing = _named.get((cls, name))
+                if existing is not None and options:
+                    raise ValueError(f"memory://{name} is already open in this process; "
+                                     "options apply only when a named store is created")
+                saver = existing if existing is not None else cls(**options)
+                _named[(cls, name)] = saver
+        for path in query.get("load", []):
+            from .archive import load_archive
+
+            load_archive(saver, path)
+        return saver
+
     def _guard(self) -> contextlib.AbstractContextManager[Any]:
         return self._lock
+
+    def storage_details(self) -> dict[str, Any]:
+        """What the store holds, for ``savegame stats``."""
+        with self._lock:
+            spaces = [space for spaces in self._threads.values() for space in spaces.values()]
+            return {
+                "backend": "memory",
+                "threads": sum(1 for spaces in self._threads.values()
+                               if any(s.ids for s in spaces.values())),
+                "checkpoints": sum(len(space.items) for space in spaces),
+                "pending writes": sum(len(ws) for space in spaces
+                                      for ws in space.writes.values()),
+                "record bytes": self.storage_bytes(),
+            }
 
     def storage_bytes(self) -> int:
         """Bytes of encoded records held (the stored payload, without Python overhead)."""

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"savers": "savegame/savers", "adapters": "savegame/adapters"}
-EXTRAS = {"mongodb", "motor", "langgraph", "burr", "llamaindex", "all", "dev"}
+EXTRAS = {"mongodb", "motor", "langgraph", "burr", "llamaindex", "cli", "all", "dev"}
 CORE = {"zstandard", "msgpack", "cattrs"}
 
 

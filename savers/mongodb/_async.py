@@ -201,6 +201,26 @@ class AsyncMongoSaver(BaseSaver):
         result = await self._checkpoints.delete_many(query)
         return int(result.deleted_count)
 
+    async def storage_details(self) -> dict[str, Any]:
+        """Documents (and, where the server reports them, bytes) per collection, for
+        ``savegame stats``."""
+        await self._ensure_setup()
+        details: dict[str, Any] = {"backend": "mongodb",
+                                   "database": self._checkpoints.database.name}
+        for attr in ("checkpoints", "chunks", "archive", "releases", "writes"):
+            collection = self._collection(attr)
+            entry = {"documents": int(await collection.count_documents({}))}
+            try:
+                info = await self._checkpoints.database.command("collStats", collection.name)
+            except Exception:  # not every server or emulator has collStats
+                info = {}
+            for key, name in (("size", "bytes"), ("storageSize", "storage bytes"),
+                              ("totalIndexSize", "index bytes")):
+                if key in info:
+                    entry[name] = int(info[key])
+            details[collection.name] = entry
+        return details
+
     def _collection(self, name: str) -> Any:
         return {"checkpoints": self._checkpoints, "chunks": self._chunks,
                 "archive": self._archive_coll, "releases": self._releases,
@@ -222,9 +242,7 @@ class AsyncMongoSaver(BaseSaver):
                 pieces.setdefault(piece["token"], []).append(piece)
         out = []
         for doc in docs:
-            token = sh.chunk_token(doc)
-            record = None if token is None else sh.join_chunks(doc, pieces.get(token, []))
-            out.append(sh.from_doc(doc, record))
+            out.append(sh.from_doc(doc, pieces))
         return out
 
     async def _read(
@@ -250,7 +268,7 @@ class AsyncMongoSaver(BaseSaver):
         await self._ensure_setup()
         if self._chain_stage is not False:
             pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace,
-                                                self._legacy, self.policy.max_chain)
+                                                self._legacy, self.policy.max_chain + 32)
             try:
                 cursor = await _resolve(self._checkpoints.aggregate(pipeline))
                 docs = [doc async for doc in cursor]
@@ -445,19 +463,26 @@ class AsyncMongoSaver(BaseSaver):
     async def _replace(self, stored: StoredCheckpoint) -> None:
         """Rewrite a checkpoint's record (``delete_checkpoints`` re-encodes survivors)."""
         await self._ensure_setup()
+        query, update = await self._rewrite(stored)
+        result = await self._checkpoints.update_one(query, update)
+        if result.matched_count != 1:
+            raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+
+    async def _replace_many(self, items: Sequence[StoredCheckpoint]) -> None:
+        """Rewrite several records in one bulk command (a new master's reverse records);
+        a record that vanished meanwhile is skipped."""
+        await self._ensure_setup()
+        updates = [UpdateOne(*(await self._rewrite(stored))) for stored in items]
+        if updates:
+            await self._checkpoints.bulk_write(updates, ordered=False)
+
+    async def _rewrite(self, stored: StoredCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The filter and update that rewrite ``stored``'s record, its chunks written
+        first."""
         doc, chunks = sh.to_doc(stored, chunk_bytes=self.chunk_bytes)
         if chunks:
             await self._insert_chunks(chunks)
-        fields = {key: doc[key] for key in ("kf", "depth", "rec", "chunks", "base")
-                  if key in doc}
-        unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
-        update: dict[str, Any] = {"$set": fields}
-        if unset:
-            update["$unset"] = unset
-        result = await self._checkpoints.update_one(
-            sh.one(stored.thread_id, stored.namespace, stored.id), update)
-        if result.matched_count != 1:
-            raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+        return sh.one(stored.thread_id, stored.namespace, stored.id), sh.rewrite_update(doc)
 
     async def _delete_checkpoints(
         self, thread_id: str, namespace: str, ids: Sequence[str]

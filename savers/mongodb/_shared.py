@@ -8,9 +8,9 @@ Collections (names get the saver's ``prefix``):
 ``checkpoints``
     one document per live checkpoint (layout below); ``_id`` is a 128-bit hash of
     (thread_id, namespace, checkpoint id), so a retried insert of the same checkpoint is a
-    DuplicateKeyError and never a second copy. ``_id`` is the only unique index: on a
-    collection sharded on ``{thread_id: "hashed"}`` every document of a thread lives on one
-    shard, where ``_id`` uniqueness is enforced.
+    DuplicateKeyError and never a second copy. On a collection sharded on
+    ``{thread_id: 1}`` every document of a thread lives on one shard, where ``_id`` and
+    the unique (thread_id, ns, seq) index are enforced.
 ``chunks``
     the pieces of a record too big for one document, written before the head document
     that points at them (``chunks: {token, n, size}``); unreferenced pieces are orphans.
@@ -199,6 +199,17 @@ def to_doc(
     return doc, chunks
 
 
+def rewrite_update(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The update that gives an existing checkpoint document the record fields of ``doc``
+    (its record, chain label, base and depth), removing those ``doc`` lacks."""
+    fields = {key: doc[key] for key in ("kf", "depth", "rec", "chunks", "base") if key in doc}
+    unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
+    update: dict[str, Any] = {"$set": fields}
+    if unset:
+        update["$unset"] = unset
+    return update
+
+
 def chunk_docs(
     thread_id: str, token: str, record: bytes, created_at: dt.datetime, chunk_bytes: int
 ) -> list[dict[str, Any]]:
@@ -225,8 +236,11 @@ def archive_doc(doc: Mapping[str, Any], version: int) -> dict[str, Any]:
 
 
 def chunk_token(doc: Mapping[str, Any]) -> str | None:
+    """The token of a chunked record's pieces (None: the record is inline, or the
+    document is too damaged to say; :func:`from_doc` then explains)."""
     chunks = doc.get("chunks")
-    return None if chunks is None else str(chunks["token"])
+    token = chunks.get("token") if isinstance(chunks, Mapping) else None
+    return token if isinstance(token, str) else None
 
 
 def join_chunks(doc: Mapping[str, Any], pieces: Sequence[Mapping[str, Any]]) -> bytes:
@@ -235,12 +249,12 @@ def join_chunks(doc: Mapping[str, Any], pieces: Sequence[Mapping[str, Any]]) -> 
     A missing or short piece is a :class:`CorruptCheckpointError`, never partial state.
     """
     chunks = doc["chunks"]
-    ordered = sorted(pieces, key=lambda piece: int(piece["i"]))
-    data = b"".join(bytes(piece["data"]) for piece in ordered)
-    if [int(p["i"]) for p in ordered] != list(range(int(chunks["n"]))) \
-            or len(data) != int(chunks["size"]):
+    count, size = _typed(chunks, "n", int), _typed(chunks, "size", int)
+    ordered = sorted(pieces, key=lambda piece: _typed(piece, "i", int))
+    data = b"".join(bytes(_typed(piece, "data", bytes)) for piece in ordered)
+    if [piece["i"] for piece in ordered] != list(range(count)) or len(data) != size:
         raise CorruptCheckpointError(
-            f"cannot decode checkpoint: {len(ordered)} of {chunks['n']} chunks of its record "
+            f"cannot decode checkpoint: {len(ordered)} of {count} chunks of its record "
             "are stored", thread_id=doc["thread_id"], namespace=doc["ns"],
             checkpoint_id=doc["cid"],
         )
@@ -278,26 +292,60 @@ def check_layout(doc: Mapping[str, Any]) -> None:
         )
 
 
-def from_doc(doc: Mapping[str, Any], record: bytes | None = None) -> StoredCheckpoint:
-    """The StoredCheckpoint of a head document (``record`` when it was chunked)."""
+def from_doc(
+    doc: Mapping[str, Any], pieces: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+) -> StoredCheckpoint:
+    """The StoredCheckpoint of a head document (``pieces``: chunk documents by token, for
+    a chunked record). A document whose fields have the wrong types is a
+    CorruptCheckpointError, never a stray error."""
     check_layout(doc)
-    if record is None:
-        record = bytes(doc["rec"])  # mongomock hands back bson.Binary
-    return StoredCheckpoint(
-        thread_id=doc["thread_id"],
-        namespace=doc["ns"],
-        id=doc["cid"],
-        parent_id=doc.get("parent"),
-        step=int(doc["step"]),
-        node_id=doc.get("node"),
-        next_node_id=doc.get("next"),
-        metadata=dict(doc.get("meta") or {}),
-        created_at=_utc(doc["ts"]),
-        record=record,
-        keyframe_id=doc["kf"],
-        base_id=doc.get("base"),
-        depth=int(doc["depth"]),
-        seq=int(doc.get("seq", 0)),
+    try:
+        if "chunks" in doc:
+            token = chunk_token(doc)
+            record = join_chunks(doc, (pieces or {}).get(token or "", []))
+        else:  # mongomock hands back bson.Binary
+            record = bytes(_typed(doc, "rec", bytes))
+        metadata = doc.get("meta") or {}
+        if not isinstance(metadata, Mapping):
+            raise TypeError("meta is not an object")
+        return StoredCheckpoint(
+            thread_id=_typed(doc, "thread_id", str),
+            namespace=_typed(doc, "ns", str),
+            id=_typed(doc, "cid", str),
+            parent_id=_typed(doc, "parent", str, optional=True),
+            step=_typed(doc, "step", int),
+            node_id=_typed(doc, "node", str, optional=True),
+            next_node_id=_typed(doc, "next", str, optional=True),
+            metadata=dict(metadata),
+            created_at=_utc(doc["ts"]),
+            record=record,
+            keyframe_id=_typed(doc, "kf", str),
+            base_id=_typed(doc, "base", str, optional=True),
+            depth=_typed(doc, "depth", int),
+            seq=_typed(doc, "seq", int, optional=True) or 0,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad_doc(doc, exc) from None
+
+
+def _typed(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
+    value = doc.get(key) if optional else doc[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"field {key!r} is {type(value).__qualname__}, not {kind.__name__}")
+    return value
+
+
+def _bad_doc(doc: Mapping[str, Any], exc: Exception) -> CorruptCheckpointError:
+    def text(key: str) -> str | None:
+        value = doc.get(key)
+        return value if isinstance(value, str) else None
+
+    detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+    return CorruptCheckpointError(
+        f"cannot decode checkpoint: its document is malformed ({detail})",
+        thread_id=text("thread_id") or "?", namespace=text("ns"), checkpoint_id=text("cid"),
     )
 
 
@@ -345,11 +393,15 @@ def write_doc(write: StoredWrite) -> dict[str, Any]:
 
 def from_write_doc(doc: Mapping[str, Any]) -> StoredWrite:
     check_layout(doc)
-    return StoredWrite(
-        thread_id=doc["thread_id"], namespace=doc["ns"], checkpoint_id=doc["cid"],
-        task_id=doc["task"], index=int(doc["idx"]), channel=doc["channel"],
-        task_path=doc["path"], record=bytes(doc["rec"]),
-    )
+    try:
+        return StoredWrite(
+            thread_id=_typed(doc, "thread_id", str), namespace=_typed(doc, "ns", str),
+            checkpoint_id=_typed(doc, "cid", str), task_id=_typed(doc, "task", str),
+            index=_typed(doc, "idx", int), channel=_typed(doc, "channel", str),
+            task_path=_typed(doc, "path", str), record=bytes(_typed(doc, "rec", bytes)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad_doc(doc, exc) from None
 
 
 def prefix_range(prefix: str) -> dict[str, Any]:

@@ -29,6 +29,9 @@ from . import _shared as sh
 __all__ = ["RedisSaver"]
 
 _IS_SYNC = True
+#: Base links a read follows past a forward chain: the reverse records between its keyframe
+#: and the newest one (log2 of the keyframes, + 1), with room to spare.
+_REVERSE_HOPS = 32
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 #: How long the records a read fetched along decode paths may serve the chain read that
 #: follows it in the same flow (seconds).
@@ -156,21 +159,8 @@ class RedisSaver(BaseSaver):
 
     def _known_ids(self, thread_id: str, namespace: str) -> list[str]:
         """Ids of this thread and namespace whose states the core's cache holds (the 64
-        most recently used): a read's path walk stops there, the core decodes from them.
-        Reads the cache's entries (``BaseSaver`` has no public listing of them)."""
-        cache = self._cache
-        items = getattr(cache, "_items", None)
-        lock = getattr(cache, "_lock", None)
-        if items is None or lock is None:
-            return []
-        out: list[str] = []
-        with lock:
-            for key in reversed(items):
-                if key[0] == thread_id and key[1] == namespace:
-                    out.append(key[2])
-                    if len(out) == 64:
-                        break
-        return out
+        most recently used): a read's path walk stops there, the core decodes from them."""
+        return self._cache.known_ids(thread_id, namespace, 64)
 
     def _complete(self, keys: sh.ThreadKeys, parsed: Sequence[sh.Parsed]
                         ) -> list[StoredCheckpoint]:
@@ -272,7 +262,7 @@ class RedisSaver(BaseSaver):
         where a filtered list stopped)."""
         keys = self._keys(thread_id)
         args: list[Any] = [sh._utf8(namespace), mode, sh._utf8(arg), limit,
-                           sh.metadata_filter(metadata), 2 * self.policy.max_chain + 2,
+                           sh.metadata_filter(metadata), self.policy.max_chain + _REVERSE_HOPS,
                            budget]
         args += [sh._utf8(i) for i in self._known_ids(thread_id, namespace)]
         reply = self._run_script("read", keys, args, f"read thread {thread_id!r}")
@@ -307,9 +297,9 @@ class RedisSaver(BaseSaver):
         """The stashed records of those chain groups, when each decodes from stashed
         records alone, down to a keyframe, a checkpoint of the read's page or a state the
         core's cache holds; else None (the caller reads them)."""
-        with self._lock:
-            entry = self._prefetched.pop((thread_id, namespace), None)
-        if entry is None or time.monotonic() - entry[0] > _PREFETCH_SECONDS:
+        with self._lock:  # kept until it expires: a decode path that runs through
+            entry = self._prefetched.get((thread_id, namespace))  # reverse records asks
+        if entry is None or time.monotonic() - entry[0] > _PREFETCH_SECONDS:  # in steps
             return None
         _, records, page = entry
         wanted = set(keyframe_ids)
@@ -321,7 +311,7 @@ class RedisSaver(BaseSaver):
                     break
                 base = records.get(current.base_id)
                 hops += 1
-                if base is None or hops > 4 * self.policy.max_chain:
+                if base is None or hops > self.policy.max_chain + _REVERSE_HOPS:
                     return None
                 current = base
         return chosen

@@ -52,6 +52,21 @@ class MemoryStorage(Storage):
         return Checkpointer(self.saver)
 
 
+class FileStorage(Storage):
+    """FileSystemSaver over one directory: every checkpointer gets a new saver (a new
+    process would open the same files)."""
+
+    name = "file"
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+
+    def checkpointer(self) -> Checkpointer:
+        from savegame.savers import FileSystemSaver
+
+        return Checkpointer(FileSystemSaver(self.path))
+
+
 class MongomockStorage(Storage):
     """MongoSaver over one mongomock client: every checkpointer gets a new saver."""
 

@@ -3,10 +3,12 @@
 Imported as ``llamaindex_workflows`` by the tests and by the subprocesses (this folder on
 ``sys.path`` in both), so event classes resolve under the same qualified name everywhere.
 
-Driver: ``python llamaindex_workflows.py COMMAND URI DATABASE THREAD [ARG]`` with COMMAND
+Driver: ``python llamaindex_workflows.py COMMAND URI DATABASE THREAD [ARG]`` (URI: MongoDB,
+or ``file:///dir`` for the file store) with COMMAND
 ``ask`` (start a human-in-the-loop run, exit once it waits), ``answer`` (answer it in this
 new process), ``steps`` (run the 3-step workflow, possibly crashing in step 2) or
-``resume``. Results are printed as one JSON line.
+``resume``; a last argument ``plain`` builds the checkpointer with no ``allowed_types``.
+Results are printed as one JSON line.
 """
 
 from __future__ import annotations
@@ -41,20 +43,23 @@ def _log(name: str) -> None:
 
 
 def open_saver(uri: str, database: str) -> Any:
-    """A saver owning a new client: MongoSaver for ``mongodb://`` (``database``), RedisSaver
-    for ``redis://`` and ``rediscluster://`` (a Redis Cluster; ``database`` = key prefix)."""
+    """A saver owning a new client: FileSystemSaver for ``file://`` (``database`` ignored),
+    RedisSaver for ``redis://`` and ``rediscluster://`` (a Redis Cluster; ``database`` = key
+    prefix), else MongoSaver (``database``); ``close()`` releases it."""
+    if uri.startswith("file:"):
+        from savegame.savers import FileSystemSaver
+
+        return FileSystemSaver.from_uri(uri)
     if uri.startswith(("redis://", "rediscluster://")):
         from savegame.savers import RedisSaver
 
         cluster = uri.startswith("rediscluster://")
         return RedisSaver.from_uri(uri.replace("rediscluster://", "redis://", 1),
                                    cluster=cluster, key_prefix=database)
-    import pymongo
-
     from savegame.savers import MongoSaver
 
-    client: Any = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
-    return MongoSaver(client, database=database, owns_client=True)
+    return MongoSaver.from_uri(uri, database=database,
+                               client_options={"serverSelectionTimeoutMS": 5000})
 
 
 async def _until_checkpointed(step_name: str) -> None:
@@ -151,13 +156,16 @@ HITL = {"input_required": AskWorkflow, "wait_for_event": WaitWorkflow}
 HITL_TYPES: dict[str, tuple[type, ...]] = {"input_required": (), "wait_for_event": (Ask, Answer)}
 
 
-async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -> Any:
+async def _drive(command: str, uri: str, database: str, thread: str, arg: str,
+                 plain: bool = False) -> Any:
     from savegame.adapters.llamaindex import WorkflowCheckpointer
 
     saver = open_saver(uri, database)
+    # plain: no configuration at all (the events a step waits for resolve as imported)
+    types = () if plain else HITL_TYPES.get(arg, ())
     try:
         if command == "ask":
-            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
+            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=types)
             handler = checkpointer.run(thread_id=thread)
             async for event in handler.stream_events():
                 if isinstance(event, Ask):
@@ -166,7 +174,7 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
             assert await checkpointer.pending_input(thread) is not None
             return {"asked": True}  # the process ends here with the run still waiting
         if command == "answer":
-            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=HITL_TYPES[arg])
+            checkpointer = WorkflowCheckpointer(HITL[arg](), saver, allowed_types=types)
             pending = await checkpointer.pending_input(thread)
             assert pending is not None
             handler = await checkpointer.respond(thread, Answer(answer="Ada"))
@@ -189,7 +197,8 @@ async def _drive(command: str, uri: str, database: str, thread: str, arg: str) -
 
 def main(argv: list[str]) -> None:
     command, uri, database, thread, *rest = argv
-    out = asyncio.run(_drive(command, uri, database, thread, rest[0] if rest else ""))
+    out = asyncio.run(_drive(command, uri, database, thread, rest[0] if rest else "",
+                             plain="plain" in rest[1:]))
     print(json.dumps(out))
 
 

@@ -23,8 +23,8 @@ from savegame.savers import MemorySaver
 from savegame.savers.base import BaseSaver
 
 #: Persister kinds and the storage under them.
-BACKENDS = ["memory", "async_memory", "mongomock", "mongo_nx", "async_mongo_nx",
-            "redis", "async_redis_cluster"]
+BACKENDS = ["memory", "async_memory", "mongomock", "mongo_nx", "async_mongo_nx", "file",
+            "async_file", "redis", "async_redis_cluster"]
 
 _memory_stores: dict[str, MemorySaver] = {}
 _names = itertools.count()
@@ -127,6 +127,11 @@ def make_backend(request: pytest.FixtureRequest, name: str,
     if name in ("memory", "async_memory"):
         factory: Callable[[], BaseSaver] = functools.partial(memory_store, store)
         drop.append(lambda: _memory_stores.pop(store, None) and None)
+    elif name in ("file", "async_file"):
+        from savegame.savers import AsyncFileSystemSaver, FileSystemSaver
+
+        kind = AsyncFileSystemSaver if name == "async_file" else FileSystemSaver
+        factory = functools.partial(kind, str(request.getfixturevalue("tmp_path") / "store"))
     elif name == "mongomock":
         pytest.importorskip("mongomock")
         from savegame.savers import MongoSaver

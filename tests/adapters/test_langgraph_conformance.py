@@ -1,9 +1,9 @@
 """LangGraph's own conformance kit (langgraph-checkpoint-conformance) against Checkpointer.
 
 Set-ups: over MemorySaver, over MongoSaver on mongomock, over AsyncMongoSaver through the
-real driver on nx-27017, over RedisSaver on a redis-server and over AsyncRedisSaver on a
-3-node Redis Cluster. Every base and extended capability must be detected
-and pass; the validator's report is printed (``pytest -s`` shows it).
+real driver on nx-27017, over FileSystemSaver, over RedisSaver on a redis-server and over
+AsyncRedisSaver on a 3-node Redis Cluster. Every base and extended capability must be
+detected and pass; the validator's report is printed (``pytest -s`` shows it).
 """
 
 from __future__ import annotations
@@ -119,5 +119,16 @@ def test_conformance_async_redissaver_cluster(redis_cluster: Any) -> None:
         finally:
             await saver.aclose()
             redis_cluster.drop(prefix)
+
+
+def test_conformance_file(tmp_path: Any) -> None:
+    from savegame.savers import FileSystemSaver
+
+    stores = iter(range(1_000_000))
+
+    @checkpointer_test(name="savegame Checkpointer(FileSystemSaver)")
+    async def factory() -> AsyncIterator[Checkpointer]:
+        with Checkpointer(FileSystemSaver(tmp_path / f"store{next(stores)}")) as checkpointer:
+            yield checkpointer
 
     check(asyncio.run(validate(factory, progress=ProgressCallbacks.default())))

@@ -29,7 +29,7 @@ from typing_extensions import TypedDict
 from savegame.adapters.langgraph import Checkpointer
 from savegame.savers import MemorySaver
 
-STORAGES = ["memory", "mongomock", "nx_async", "redis_single", "async_redis_cluster"]
+STORAGES = ["memory", "mongomock", "nx_async", "file", "redis_single", "async_redis_cluster"]
 
 
 @pytest.fixture(params=STORAGES)
@@ -40,6 +40,8 @@ def storage(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
         made = support.MemoryStorage()
     elif request.param == "mongomock":
         made = support.MongomockStorage()
+    elif request.param == "file":
+        made = support.FileStorage(request.getfixturevalue("tmp_path") / "store")
     elif "redis" in request.param:  # RedisSaver on one node, AsyncRedisSaver on a cluster
         cluster = request.param.endswith("cluster")
         made = support.RedisStorage(

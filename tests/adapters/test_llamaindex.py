@@ -230,6 +230,21 @@ def test_human_in_the_loop_resumed_in_a_new_process(
     assert log.read_text().split() == expected
 
 
+@pytest.mark.parametrize("variant", sorted(lw.HITL))
+def test_human_in_the_loop_from_a_new_process_needs_no_configuration(
+    variant: str, mongo: tuple[str, str], tmp_path: Path
+) -> None:
+    """The documented recipe with no ``allowed_types``: the events a step waits for (not in
+    any step's signature) resolve in the answering process because its program imported
+    them; nothing is imported by a stored name (issue #10, item 5)."""
+    uri, database = mongo
+    assert drive("ask", uri, database, "plain", variant, "plain") == {"asked": True}
+    out = drive("answer", uri, database, "plain", variant, "plain")
+    assert out == {"kind": variant, "prompt": "What is your name?",
+                   "expects": ["llamaindex_workflows.Answer"], "result": "hello Ada",
+                   "pending_after": False}
+
+
 def test_crash_in_step_two_resumes_by_rerunning_only_step_two(
     store: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -332,12 +347,18 @@ def test_failed_step_raises_and_an_earlier_checkpoint_retries_it() -> None:
 
 
 def test_snapshots_never_import_a_stored_class_name() -> None:
-    """The default serializer resolves the workflow's own events and nothing else: a
-    snapshot naming another class (here a module that must not be imported) is refused."""
+    """The default serializer resolves the workflow's own events, imported Event
+    subclasses and nothing else: a snapshot naming another class (a module that must not
+    be imported, a function, a class that is not an event) is refused."""
     checkpointer = WorkflowCheckpointer(lw.ThreeSteps(), MemorySaver())
-    payload = json.dumps({"__is_pydantic": True, "value": {},
-                          "qualified_name": "savegame_never_imported.Evil"})
-    with pytest.raises(ValueError, match="allowed types"):
-        checkpointer._serializer.deserialize(payload)
+    for name in ("savegame_never_imported.Evil", "os.system", "subprocess.Popen",
+                 "pydantic.BaseModel", "llamaindex_workflows.Ask.__init__"):
+        payload = json.dumps({"__is_pydantic": True, "value": {}, "qualified_name": name})
+        with pytest.raises(ValueError, match="allowed types"):
+            checkpointer._serializer.deserialize(payload)
     assert "savegame_never_imported" not in sys.modules
+    # an imported event class resolves without configuration
+    payload = json.dumps({"__is_pydantic": True, "value": {"question": "q"},
+                          "qualified_name": "llamaindex_workflows.Ask"})
+    assert checkpointer._serializer.deserialize(payload) == lw.Ask(question="q")
 

@@ -27,6 +27,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import file_harness
 import mongo_harness
 import pytest
 import redis_harness
@@ -34,6 +35,7 @@ import redis_harness
 from savegame.savers import MemorySaver, VersionedMemorySaver
 from savegame.savers.base import BaseSaver, Call, StoredCheckpoint
 from savegame.savers.checkpoint import Checkpoint, Release
+from savegame.savers.file import AsyncFileSystemSaver, FileSystemSaver
 
 BACKENDS: list[str] = ["memory", "versioned"]
 #: Backends whose sync methods raise TypeError: only the async API mode runs for them.
@@ -53,6 +55,10 @@ VERSIONED |= set(_MONGO)
 #: there (MongoDB without transactions; documented in the README).
 PARENT_CHECK_NOT_ATOMIC: set[str] = set(_MONGO)
 
+# The file store (fixtures at the end of this file): FileSystemSaver and its async-only twin.
+BACKENDS += ["file", "async_file"]
+ASYNC_ONLY |= {"async_file"}
+VERSIONED |= {"file", "async_file"}
 # Redis savers (fixtures at the end of this file): RedisSaver and AsyncRedisSaver on a real
 # single node and on a real 3-node cluster, and RedisSaver on a valkey-server; release
 # archives versions there too.
@@ -91,6 +97,16 @@ def saver(request: pytest.FixtureRequest, backend_name: str) -> BaseSaver:
 @pytest.fixture
 def is_versioned(backend_name: str) -> bool:
     return backend_name in VERSIONED
+
+
+@pytest.fixture
+def async_only(backend_name: str) -> bool:
+    return backend_name in ASYNC_ONLY
+
+
+@pytest.fixture
+def parent_check_atomic(backend_name: str) -> bool:
+    return backend_name not in PARENT_CHECK_NOT_ATOMIC
 
 
 @pytest.fixture
@@ -367,6 +383,41 @@ def sibling_mongo_real(backend_mongo_real: Any) -> Any:
 @pytest.fixture
 def sibling_async_mongo_real(backend_async_mongo_real: Any) -> Any:
     return _sibling_of(backend_async_mongo_real)
+
+
+# -- the file store: a fresh directory per test ------------------------------------------
+@pytest.fixture
+def backend_file(tmp_path: Any) -> Iterator[FileSystemSaver]:
+    saver = FileSystemSaver(tmp_path / "store")
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def backend_async_file(tmp_path: Any) -> Iterator[AsyncFileSystemSaver]:
+    saver = AsyncFileSystemSaver(tmp_path / "store", durability="os")  # both modes covered
+    yield saver
+    saver.close()
+
+
+@pytest.fixture
+def tamper_file(backend_file: FileSystemSaver) -> file_harness.FileTamper:
+    return file_harness.FileTamper(backend_file)
+
+
+@pytest.fixture
+def tamper_async_file(backend_async_file: AsyncFileSystemSaver) -> file_harness.FileTamper:
+    return file_harness.FileTamper(backend_async_file)
+
+
+@pytest.fixture
+def sibling_file(backend_file: FileSystemSaver) -> FileSystemSaver:
+    return FileSystemSaver(backend_file.path)
+
+
+@pytest.fixture
+def sibling_async_file(backend_async_file: AsyncFileSystemSaver) -> AsyncFileSystemSaver:
+    return AsyncFileSystemSaver(backend_async_file.path, durability="os")
 
 
 # -- Redis: RedisSaver and AsyncRedisSaver on a real single node and a 3-node cluster -------

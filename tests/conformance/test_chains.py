@@ -3,6 +3,7 @@ corrupt or missing record fails loudly instead of returning empty or partial sta
 
 from __future__ import annotations
 
+import math
 import random
 import string
 
@@ -61,7 +62,7 @@ def test_thousand_step_thread_is_exact(api):
 
 # -- the keyframe policy bounds reads ---------------------------------------------------
 def chain_length(api, thread: str, namespace: str, stored) -> int:
-    """Records a read of ``stored`` decodes, following base links to the keyframe."""
+    """Records a read of ``stored`` decodes, following base links to the newest master."""
     count = 1
     while stored.base_id is not None:
         stored = api.stored(thread, stored.base_id, namespace)
@@ -72,6 +73,8 @@ def chain_length(api, thread: str, namespace: str, stored) -> int:
 
 @pytest.mark.parametrize("k", [1, 2, 8, 32])
 def test_policy_bounds_the_chain(api, k):
+    """Forward chains hold at most ``max_chain`` records; older masters become reverse
+    records against newer ones, and a read walks at most log2(masters) + 1 of them."""
     api.saver.policy = KeyframePolicy(max_chain=k)
     rng = random.Random(k)
     prefix = text(rng, 20_000)
@@ -81,25 +84,35 @@ def test_policy_bounds_the_chain(api, k):
         lines.append(text(rng, 100))
         puts.append(api.put(cp(state={"prefix": prefix, "lines": list(lines), "i": i})))
     depths = []
-    for put in puts:
-        stored = api.stored("t", put.id)
-        assert 1 <= stored.depth <= k, (put.step, stored.depth)
-        assert chain_length(api, "t", "", stored) == stored.depth
-        if stored.base_id is None:
+    stored_all = [api.stored("t", put.id) for put in puts]
+    masters = sum(1 for s in stored_all if s.depth == 1)
+    for stored in stored_all:
+        assert 1 <= stored.depth <= k, (stored.step, stored.depth)
+        assert chain_length(api, "t", "", stored) <= stored.depth + math.log2(masters) + 1
+        if stored.depth == 1:  # a master, or a reverse record against a newer one
             assert stored.keyframe_id == stored.id
+            if stored.base_id is not None:
+                base = api.stored("t", stored.base_id)
+                assert base.depth == 1 and base.seq > stored.seq
         else:
-            assert api.stored("t", stored.base_id).keyframe_id == stored.keyframe_id
+            base = api.stored("t", stored.base_id)
+            assert base.keyframe_id == stored.keyframe_id and base.depth < stored.depth
         depths.append(stored.depth)
     if k == 1:
         assert set(depths) == {1}
     else:
         assert max(depths) >= 2, "deltas are used"
         assert depths.count(1) <= len(depths) / 2, "deltas are the rule"
+    if masters > 1:  # every master but the newest was rewritten as a reverse record
+        assert [s.base_id is None for s in stored_all if s.depth == 1].count(True) == 1
     api.saver._cache.clear()
     latest = api.get("t")
     assert latest.id == puts[-1].id and latest.state["lines"] == lines
     for got, put in zip(api.list("t"), reversed(puts), strict=True):
         assert got.id == put.id and got.state["i"] == put.step
+    api.saver._cache.clear()
+    for i, put in enumerate(puts):  # every checkpoint decodes from a cold cache
+        assert api.get("t", put.id).state["lines"] == lines[: i + 1]
 
 
 # -- corruption -----------------------------------------------------------------------

@@ -146,14 +146,12 @@ def test_tasks_mixed_reads_and_writes(api, loop):
     assert len(api.list("mixed", metadata={"w": 3})) == 50
 
 
-def test_two_savers_on_one_store_keep_one_line(saver, sibling, loop, backend_name):
+def test_two_savers_on_one_store_keep_one_line(saver, sibling, loop, async_only):
     """Writers on two savers over one store (as two processes would) continue one thread
     without forking it: every put wins the compare-and-set on the thread's latest."""
-    from conftest import ASYNC_ONLY
-
     savers = [saver, sibling]
     puts = 60
-    if backend_name in ASYNC_ONLY:
+    if async_only:
         async def writer(w: int) -> list[Checkpoint]:
             own = savers[w % 2]
             return [await own.aput(Checkpoint("shared", state_of(w, i))) for i in range(puts)]
@@ -182,7 +180,7 @@ def test_two_savers_on_one_store_keep_one_line(saver, sibling, loop, backend_nam
     assert_one_line(listed, latest)
 
 
-def test_a_stale_writer_continues_the_latest(api, sibling, backend_name):
+def test_a_stale_writer_continues_the_latest(api, sibling):
     """A saver that last saw an older checkpoint still appends to the newest one."""
     first = api.put(Checkpoint("t", {"n": 1}))
     if api.mode == "sync":
@@ -198,13 +196,12 @@ def test_a_stale_writer_continues_the_latest(api, sibling, backend_name):
     assert fork.step == 1 and api.get("t").id == fork.id
 
 
-def test_delete_thread_racing_writers_leaves_a_consistent_thread(saver, sync_ok, backend_name):
+def test_delete_thread_racing_writers_leaves_a_consistent_thread(
+        saver, sync_ok, backend_name, parent_check_atomic):
     """Writers continue a thread while another caller deletes it again and again: at the
     end the thread is gone or every checkpoint's parent exists (no chain hangs off a
     deleted parent)."""
-    from conftest import PARENT_CHECK_NOT_ATOMIC
-
-    if backend_name in PARENT_CHECK_NOT_ATOMIC:
+    if not parent_check_atomic:
         pytest.skip(f"{backend_name}: the insert cannot check its parent atomically")
     stop = False
 

@@ -21,7 +21,7 @@ from savegame.savers import (
     SerializationError,
 )
 from savegame.savers.base import MAX_ID_LENGTH
-from savegame.savers.serde import MAX_DEPTH
+from savegame.savers.serde import MAX_DEPTH, MAX_EXTENSION_DEPTH
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,9 +128,11 @@ def _deep_tuples(levels: int) -> tuple:
         (_cyclic_dict(), "state['v']['self']", "cycle"),
         (_cyclic_list(), "state['v'][0]", "cycle"),
         (_deep_dicts(3000), "state['v']['x']", f"deeper than {MAX_DEPTH}"),
-        (_deep_tuples(600), "state['v'][0]", f"deeper than {MAX_DEPTH}"),
+        (_deep_tuples(600), "state['v'][0]", f"deeper than {MAX_EXTENSION_DEPTH}"),
+        (_deep_tuples(MAX_EXTENSION_DEPTH), "state['v'][0]",  # 65 tuples: () is one
+         f"deeper than {MAX_EXTENSION_DEPTH}"),
     ],
-    ids=["dict-cycle", "list-cycle", "3000-dicts", "600-tuples"],
+    ids=["dict-cycle", "list-cycle", "3000-dicts", "600-tuples", "65-tuples"],
 )
 def test_cyclic_or_too_deep_state_is_refused_naming_the_path(api, value, path, reason):
     with pytest.raises(SerializationError, match=reason) as info:
@@ -139,8 +141,8 @@ def test_cyclic_or_too_deep_state_is_refused_naming_the_path(api, value, path, r
     assert api.get("t") is None and api.list("t") == []
 
 
-def test_state_at_the_depth_limit_round_trips(api):
-    state = {"v": _deep_dicts(MAX_DEPTH - 2)}
+def test_state_at_the_depth_limits_round_trips(api):
+    state = {"v": _deep_dicts(MAX_DEPTH - 2), "t": _deep_tuples(MAX_EXTENSION_DEPTH - 1)}
     api.put(Checkpoint("t", state))
     forget(api)
     assert api.get("t").state == state
@@ -196,7 +198,7 @@ def test_edge_ids_round_trip(api, thread):
 
 # -- 6. records bound to where they sit ---------------------------------------------------
 def test_a_record_moved_onto_another_checkpoint_is_corruption(api, tamper):
-    api.saver.policy = KeyframePolicy(max_chain=1)  # every record a keyframe
+    api.saver.policy = KeyframePolicy(max_chain=1, reverse=False)  # every record a master
     items = [api.put(Checkpoint("t", {"step": i})) for i in range(40)]
     early = api.stored("t", items[1].id)
     tamper.alter("t", "", items[39].id, record=early.record)

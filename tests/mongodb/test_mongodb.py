@@ -110,15 +110,18 @@ def test_no_io_in_init() -> None:
 def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     first = nx_saver.put(Checkpoint("t", {"n": 1}, node_id="a", next_node_id="b",
                                     metadata={"user": "ada", "tags": {"x": 1}}))
-    nx_saver.put(Checkpoint("t", {"n": 2}))
     raw = mongo_harness.sync_client(nx_uri)[mongo_harness.DATABASE]
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": first.id})
     assert doc is not None
     assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
     assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
     assert doc["kf"] == first.id and "base" not in doc and doc["step"] == 0
+    assert doc["seq"] == 1 and doc["depth"] == 1
     assert isinstance(doc["ts"], dt.datetime)
     assert doc["_id"] == _shared.record_id("t", "", first.id)
+    second = nx_saver.put(Checkpoint("t", {"n": 2}))
+    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
+    assert doc["seq"] == 2 and doc["step"] == 1 and doc["parent"] == first.id
     keys = {tuple(index["key"]) for index in raw[nx_saver.names.checkpoints].list_indexes()}
     assert {("thread_id", "ns", "cid"), ("thread_id", "ns", "kf")} <= keys
 
@@ -213,6 +216,7 @@ def test_from_uri_owns_and_closes_its_client(nx_uri: str) -> None:
 # -- command counts ----------------------------------------------------------------------
 def test_command_counts(counted: tuple[MongoSaver, Commands]) -> None:
     saver, commands = counted
+    saver.policy = KeyframePolicy(reverse=False)  # master events: the test below
     first = saver.put(Checkpoint("t", {"n": 0}))
     assert commands.take() == ["find", "insert"]  # latest (none yet), then the insert
     puts = [first]
@@ -242,8 +246,10 @@ def test_command_counts(counted: tuple[MongoSaver, Commands]) -> None:
     assert saver.get("t") is not None
     assert commands.take() == ["find", "find"]
     saver._chain_stage = None
+    delta = next(p for p in reversed(puts) if saver._read("t", "", p.id).depth > 1)
     saver._cache.clear()
-    assert saver.get("t", puts[-2].id) is not None
+    commands.take()
+    assert saver.get("t", delta.id) is not None
     assert commands.take() == ["find", "find"]  # a delta: the head, its chain in one query
 
     listed = list(saver.list("t"))
@@ -263,6 +269,7 @@ def test_put_loop_with_explicit_parents_is_one_insert(
     """A LangGraph-style loop (each put names the previous one as parent): the first put
     of a process reads its parent once, every later put is one insert, keyframes too."""
     saver, commands = counted
+    saver.policy = KeyframePolicy(max_chain=4, reverse=False)
     previous = saver.put(Checkpoint("t", {"n": 0, "log": []}))
     for i in range(1, 5):
         previous = saver.put(Checkpoint("t", {"n": i, "log": list(range(i))},
@@ -271,7 +278,7 @@ def test_put_loop_with_explicit_parents_is_one_insert(
     # a new process: nothing cached, the parent comes from an earlier run
     fresh = MongoSaver(saver.client, database=mongo_harness.DATABASE,
                        prefix=saver.names.checkpoints.removesuffix("checkpoints"),
-                       policy=KeyframePolicy(max_chain=4))
+                       policy=KeyframePolicy(max_chain=4, reverse=False))
     fresh.setup()
     commands.take()
     previous = fresh.put(Checkpoint("t", {"n": 5, "log": list(range(5))},
@@ -288,16 +295,48 @@ def test_put_loop_with_explicit_parents_is_one_insert(
     assert commands.take() == ["aggregate"]
 
 
+def test_a_new_master_rewrites_older_ones_in_two_commands(
+    counted: tuple[MongoSaver, Commands],
+) -> None:
+    """A LangGraph-style loop with masters every 3 puts: a delta is one insert; a master
+    is its insert, one find for the older masters it re-points that the saver does not
+    hold, and one bulk update rewriting them as reverse records. Every checkpoint still
+    reads back exactly, and a cold read walks few records."""
+    saver, commands = counted
+    saver.policy = KeyframePolicy(max_chain=3)
+    previous = saver.put(Checkpoint("t", {"n": 0, "log": list(range(300))}))
+    puts = [previous]
+    commands.take()
+    seen = set()
+    for i in range(1, 60):
+        previous = saver.put(Checkpoint("t", {"n": i, "log": list(range(300 + i))},
+                                        parent_id=previous.id))
+        puts.append(previous)
+        names = commands.take()
+        seen.add(tuple(names))
+        assert names in (["insert"], ["insert", "update"], ["insert", "find", "update"]), i
+    assert {("insert",), ("insert", "update"), ("insert", "find", "update")} <= seen
+    docs = list(saver._checkpoints.find({"thread_id": "t"}))
+    masters = [d for d in docs if d["depth"] == 1]
+    assert sum(1 for d in masters if "base" not in d) == 1  # only the newest is whole
+    saver._cache.clear()
+    for i, put in enumerate(puts):
+        assert saver.get("t", put.id).state["log"] == list(range(300 + i))
+
+
 @pytest.mark.parametrize("tier", ["mongomock", "mongomock_motor"])
 def test_cold_latest_get_fetches_the_decode_path_on_mongomock(tier: str) -> None:
     """mongomock runs $graphLookup too: a cold latest get reads head and path at once."""
+    policy = KeyframePolicy(max_chain=8)  # the six checkpoints below: one chain
     if tier == "mongomock":
-        saver: Any = mongo_harness.mongomock_saver(prefix=mongo_harness.fresh_prefix())
+        saver: Any = mongo_harness.mongomock_saver(prefix=mongo_harness.fresh_prefix(),
+                                                   policy=policy)
 
         def run(value: Any) -> Any:
             return value
     else:
-        saver = mongo_harness.mongomock_motor_saver(prefix=mongo_harness.fresh_prefix())
+        saver = mongo_harness.mongomock_motor_saver(prefix=mongo_harness.fresh_prefix(),
+                                                    policy=policy)
         loop = asyncio.new_event_loop()
         run = loop.run_until_complete
     calls: list[str] = []
@@ -606,6 +645,7 @@ def test_a_store_of_a_newer_layout_is_refused_clearly() -> None:
 def test_a_store_written_by_layout_1_reads_and_grows(nx_saver: MongoSaver) -> None:
     """Layout 1 (savegame <= 0.1.0) had no ``seq`` and no ``meta`` collection: its latest
     checkpoint is the highest id. A saver over such a store reads it and appends to it."""
+    nx_saver.policy = KeyframePolicy(reverse=False)  # layout 1 knew no reverse records
     first = nx_saver.put(Checkpoint("t", {"n": 1}))
     second = nx_saver.put(Checkpoint("t", {"n": 2}))
     nx_saver.put(Checkpoint("u", {"n": 1}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 import struct
@@ -15,7 +16,6 @@ from hypothesis import strategies as st
 
 from savegame.savers import Checkpoint, MemorySaver, codec
 from savegame.savers.codec import (
-    ANCHOR,
     DELTA,
     FORMAT_VERSION,
     KEYFRAME,
@@ -80,7 +80,18 @@ def fix_crc(data: bytes | bytearray) -> bytes:
     """Recompute a record's crc32 so only the deliberate change remains."""
     data = bytearray(data)
     kind = data[3]
-    size = struct.calcsize(">2sBBHHI8s") + (8 if kind != KEYFRAME else 0) + struct.calcsize(">IHI")
+    size = struct.calcsize(">2sBBHI8sI") + (8 if kind != KEYFRAME else 0) + struct.calcsize(">IH")
+    if kind == KEYFRAME:
+        (count,) = struct.unpack_from(">H", data, size)
+        size += 2
+        for _ in range(count):
+            if size + 6 > len(data):
+                return bytes(data)  # the count itself was altered: nothing to fix
+            _, length = struct.unpack_from(">IH", data, size)
+            size += 6 + length
+    size += 4
+    if size > len(data):
+        return bytes(data)
     crc = zlib.crc32(bytes(data[size:]), zlib.crc32(bytes(data[: size - 4])))
     data[size - 4: size] = struct.pack(">I", crc)
     return bytes(data)
@@ -96,14 +107,14 @@ def _pair() -> tuple[bytes, codec.EncodedRecord, bytes, codec.EncodedRecord]:
     key = encode(raw0)
     state["messages"].append({"role": "user", "content": sentence(rng, 200)})
     raw1 = dumps(state)
-    delta = encode(raw1, Base(raw0, key.header), Base(raw0, key.header))
+    delta = encode(raw1, Base(raw0, key.header))
     return raw0, key, raw1, delta
 
 
 def test_header_roundtrip() -> None:
     raw0, key, raw1, delta = _pair()
     assert key.header.kind == KEYFRAME and key.base == KEYFRAME and key.header.is_keyframe
-    assert delta.header.kind in (DELTA, ANCHOR) and delta.base == delta.header.kind
+    assert delta.header.kind == DELTA and delta.base == DELTA
     for raw, rec in ((raw0, key), (raw1, delta)):
         parsed = read_header(rec.data)
         assert parsed == rec.header
@@ -121,7 +132,7 @@ def test_empty_state_record() -> None:
     raw = dumps({})
     rec = encode(raw)
     assert decode_path([rec.data]) == [raw]
-    child = encode(raw, Base(raw, rec.header), Base(raw, rec.header))
+    child = encode(raw, Base(raw, rec.header))
     path = [rec.data, child.data] if child.header.kind != KEYFRAME else [child.data]
     assert decode_path(path)[-1] == raw
 
@@ -217,7 +228,7 @@ def test_decode_against_wrong_base_fails() -> None:
     key = encode(raw0)
     state["messages"].append({"role": "user", "content": "one more"})
     raw1 = dumps(state)
-    delta = encode(raw1, Base(raw0, key.header), None)
+    delta = encode(raw1, Base(raw0, key.header))
     assert delta.header.kind == DELTA
     # Same length, one byte changed, anywhere in the base, under the right header: zstd's
     # content checksum catches it. (A changed byte the delta never copies from cannot
@@ -276,7 +287,7 @@ def test_linkage_and_depth_mismatch_fail() -> None:
     state = SER.loads(raw1)
     state["messages"].append({"role": "user", "content": "third"})
     raw2 = dumps(state)
-    third = encode(raw2, Base(raw1, delta.header), None)
+    third = encode(raw2, Base(raw1, delta.header))
     assert third.header.kind == DELTA
     assert decode_path([key.data, delta.data, third.data]) == [raw0, raw1, raw2]
     with pytest.raises(RecordError) as info:
@@ -292,47 +303,80 @@ def test_policy_validation() -> None:
         KeyframePolicy(max_chain=0)
     with pytest.raises(ValueError):
         KeyframePolicy(max_chain=0x10000)
-    with pytest.raises(ValueError):
-        KeyframePolicy(max_chain=4, run=5)
 
 
-@pytest.mark.parametrize(
-    ("max_chain", "run"),
-    [(m, r) for m in (1, 2, 3, 5, 8, 32) for r in (None, 1, 2, 3, m) if r is None or r <= m],
-)
-def test_linear_chain_never_exceeds_max_chain(max_chain: int, run: int | None) -> None:
-    policy = KeyframePolicy(max_chain=max_chain, run=run)
+@pytest.mark.parametrize("max_chain", [1, 2, 3, 5, 8, 32])
+def test_linear_chain_never_exceeds_max_chain(max_chain: int) -> None:
+    policy = KeyframePolicy(max_chain=max_chain)
     rng = random.Random(max_chain)
     state = chat_state(rng, 10, 200)
-    nodes: list[tuple[bytes, codec.RecordHeader, bytes, int | None, int]] = []
+    nodes: list[tuple[bytes, codec.RecordHeader, bytes, int | None]] = []
     keyframes = 0
     for _ in range(120):
         state["messages"].append({"role": "user", "content": sentence(rng, 200)})
         raw = dumps(state)
-        parent = anchor = None
-        if nodes:
-            p_raw, p_head, _, _, p_anchor = nodes[-1]
-            parent = Base(p_raw, p_head)
-            a_raw, a_head = nodes[p_anchor][0], nodes[p_anchor][1]
-            anchor = Base(a_raw, a_head)
-        rec = encode(raw, parent, anchor, policy)
+        parent = Base(nodes[-1][0], nodes[-1][1]) if nodes else None
+        rec = encode(raw, parent, policy, index=keyframes + 1)
         assert 1 <= rec.header.depth <= max_chain
-        base_index = {KEYFRAME: None, DELTA: len(nodes) - 1,
-                      ANCHOR: nodes[-1][4] if nodes else None}[rec.base]
         keyframes += rec.base == KEYFRAME
-        me = len(nodes)
-        nodes.append((raw, rec.header, rec.data, base_index,
-                      me if rec.header.is_anchor else nodes[-1][4]))
-        path = [me]
+        nodes.append((raw, rec.header, rec.data,
+                      None if rec.base == KEYFRAME else len(nodes) - 1))
+        path = [len(nodes) - 1]
         while nodes[path[-1]][3] is not None:
             path.append(nodes[path[-1]][3])  # type: ignore[arg-type]
         path.reverse()
         assert len(path) == rec.header.depth
+        assert rec.header.index == keyframes
         assert decode_path([nodes[i][2] for i in path])[-1] == raw
-    if max_chain == 1:
-        assert keyframes == 120
-    elif max_chain >= 8:
-        assert keyframes < 120 // max_chain + 2  # skip chains: keyframes are rare
+    assert keyframes == -(-120 // max_chain)  # a master exactly when the chain is full
+
+
+def test_reverse_records_decode_back_from_the_newest_master() -> None:
+    """A master rewritten against a newer one (what a growing thread does when its next
+    master is written) decodes exactly, costs little, and keeps its forward chain."""
+    rng = random.Random(11)
+    state = chat_state(rng, 40, 300)
+    raw0 = dumps(state)
+    master0 = encode(raw0, index=1)
+    state["messages"].append({"role": "user", "content": sentence(rng, 300)})
+    raw1 = dumps(state)
+    child = encode(raw1, Base(raw0, master0.header))
+    for _ in range(30):
+        state["messages"].append({"role": "user", "content": sentence(rng, 300)})
+    raw2 = dumps(state)
+    master1 = encode(raw2, index=2, roots=[(1, "m0")])
+    assert master1.header.roots == ((1, "m0"),)
+    assert read_header(master1.data) == master1.header
+    reverse = codec.encode_reverse(raw0, master0.header, Base(raw2, master1.header))
+    assert reverse.header.kind == codec.REVERSE and reverse.header.is_root
+    assert reverse.header.depth == 1 and reverse.header.index == 1
+    assert len(reverse.data) < len(master0.data) / 20
+    assert decode_path([master1.data, reverse.data, child.data]) == [raw2, raw0, raw1]
+    with pytest.raises(RecordError):  # a reverse record needs a master as its base
+        decode_path([master1.data, child.data])
+    with pytest.raises(RecordError, match="base"):
+        decode_path([master0.data, reverse.data])
+
+
+def test_repoint_follows_a_fenwick_tree() -> None:
+    """Master i ends up pointing to i + lowbit(i): every master reaches the newest in at
+    most log2(n) + 1 steps, and each new master rewrites only the current roots."""
+    roots: list[tuple[int, str]] = []
+    target: dict[int, int] = {}
+    rewrites = 0
+    for n in range(2, 300):
+        members, roots = codec.repoint(roots, (n - 1, f"m{n - 1}"), n)
+        for index, _ in members:
+            target[index] = n
+        rewrites += len(members)
+        for i in range(1, n):
+            hops, at = 0, i
+            while at != n:
+                at, hops = target[at], hops + 1
+            assert hops <= math.log2(n) + 1, (i, n, hops)
+    for i in range(1, 256):  # settled masters point to i + lowbit(i)
+        assert target[i] == i + (i & -i) or i + (i & -i) >= 299
+    assert rewrites <= 300 * math.log2(300)
 
 
 def test_scene_cut_becomes_keyframe() -> None:
@@ -341,16 +385,16 @@ def test_scene_cut_becomes_keyframe() -> None:
     key = encode(raw0)
     # The same shape, entirely new content: a delta would cost as much as a keyframe.
     raw1 = dumps(chat_state(random.Random(99), 50, 300))
-    rec = encode(raw1, Base(raw0, key.header), Base(raw0, key.header), KeyframePolicy())
+    rec = encode(raw1, Base(raw0, key.header), KeyframePolicy())
     assert rec.base == KEYFRAME and rec.header.is_keyframe and rec.header.depth == 1
     # With the scene-cut threshold disabled the delta is kept (so the rule above did it).
     loose = KeyframePolicy(max_delta_ratio=10.0, max_chain_ratio=10.0)
-    rec = encode(raw1, Base(raw0, key.header), None, loose)
+    rec = encode(raw1, Base(raw0, key.header), loose)
     assert rec.base == DELTA
 
 
 def test_chain_bytes_budget_forces_keyframe() -> None:
-    policy = KeyframePolicy(max_chain=1000, run=1000, max_delta_ratio=1.0, max_chain_ratio=0.5)
+    policy = KeyframePolicy(max_chain=1000, max_delta_ratio=1.0, max_chain_ratio=0.5)
     rng = random.Random(5)
     state = chat_state(rng, 5, 300)
     raw = dumps(state)
@@ -360,7 +404,7 @@ def test_chain_bytes_budget_forces_keyframe() -> None:
     for _ in range(60):
         state["messages"].append({"role": "user", "content": sentence(rng, 300)})
         raw = dumps(state)
-        rec = encode(raw, Base(prev_raw, prev.header), None, policy)
+        rec = encode(raw, Base(prev_raw, prev.header), policy)
         kinds.append(rec.base)
         assert rec.header.chain_bytes <= 0.5 * rec.header.raw_len * 1.0 or rec.base == KEYFRAME
         prev, prev_raw = rec, raw
@@ -369,7 +413,7 @@ def test_chain_bytes_budget_forces_keyframe() -> None:
 
 def test_no_base_means_keyframe() -> None:
     raw = dumps({"a": 1})
-    assert encode(raw, None, None).base == KEYFRAME
+    assert encode(raw, None).base == KEYFRAME
 
 
 @pytest.mark.slow
@@ -389,7 +433,7 @@ def test_large_base_still_gives_small_delta(megabytes: int) -> None:
     key = encode(raw0)
     messages.append({"role": "assistant", "content": sentence(rng, 400)})
     raw1 = dumps(state)
-    rec = encode(raw1, Base(raw0, key.header), Base(raw0, key.header))
+    rec = encode(raw1, Base(raw0, key.header))
     assert rec.base != KEYFRAME
     assert len(rec.data) < 0.05 * len(key.data), (len(rec.data), len(key.data))
     assert decode_path([rec.data], Base(raw0, key.header)) == [raw1]
@@ -401,14 +445,14 @@ POLICIES = [
     KeyframePolicy(max_chain=1),
     KeyframePolicy(max_chain=2),
     KeyframePolicy(max_chain=3),
-    KeyframePolicy(max_chain=3, run=1),
-    KeyframePolicy(max_chain=8),
-    KeyframePolicy(max_chain=8, run=1, max_delta_ratio=0.9),
-    KeyframePolicy(max_chain=8, run=8, max_chain_ratio=0.3),
+    KeyframePolicy(max_chain=3, reverse=False),
+    KeyframePolicy(),
+    KeyframePolicy(max_chain=8, max_delta_ratio=0.9),
+    KeyframePolicy(max_chain=8, max_chain_ratio=0.3),
     KeyframePolicy(max_chain=32),
-    KeyframePolicy(max_chain=32, run=3, max_delta_ratio=0.05),
+    KeyframePolicy(max_chain=32, max_delta_ratio=0.05),
     KeyframePolicy(max_chain=32, max_delta_ratio=2.0, max_chain_ratio=50.0),
-    KeyframePolicy(max_chain=32, run=32, max_chain_ratio=0.1, level=1),
+    KeyframePolicy(max_chain=32, max_chain_ratio=0.1, level=1),
 ]
 
 OPS = ["append", "append", "append", "edit", "delete", "retype", "replace", "grow"]
@@ -493,40 +537,43 @@ def test_codec_histories_decode_exactly(
 ) -> None:
     policy, seed, steps = history
     states = build_states(seed, steps)
-    # node: raw, header, record, base index, anchor index
-    nodes: list[tuple[bytes, codec.RecordHeader, bytes, int | None, int]] = []
+    # node: raw, header, record, base index (forward encoding, masters numbered in order)
+    nodes: list[tuple[bytes, codec.RecordHeader, bytes, int | None]] = []
+    masters: list[int] = []
     for me, (parent, state) in enumerate(states):
         raw = dumps(state)
-        if parent is None:
-            rec = encode(raw, None, None, policy)
-        else:
-            p_raw, p_head, _, _, p_anchor = nodes[parent]
-            a_raw, a_head = nodes[p_anchor][0], nodes[p_anchor][1]
-            rec = encode(raw, Base(p_raw, p_head), Base(a_raw, a_head), policy)
+        base = None if parent is None else Base(nodes[parent][0], nodes[parent][1])
+        rec = encode(raw, base, policy, index=len(masters) + 1)
         assert 1 <= rec.header.depth <= policy.max_chain
         assert read_header(rec.data) == rec.header
-        base_index = {
-            KEYFRAME: None,
-            DELTA: parent,
-            ANCHOR: nodes[parent][4] if parent is not None else None,
-        }[rec.base]
-        assert (base_index is None) == (rec.base == KEYFRAME)
+        assert (rec.base == KEYFRAME) == (rec.header.depth == 1)
+        if rec.base == KEYFRAME:
+            masters.append(me)
         event(f"record kind {rec.base}")
         if parent is not None and parent != me - 1:
             event("fork")
-        anchor_index = me if rec.header.is_anchor else nodes[parent][4]  # type: ignore[index]
-        nodes.append((raw, rec.header, rec.data, base_index, anchor_index))
+        nodes.append((raw, rec.header, rec.data, None if rec.base == KEYFRAME else parent))
+    # Every master but the newest becomes a reverse record against the next master.
+    reverse_base: dict[int, int] = {}
+    for older, newer in itertools.pairwise(masters):
+        head = nodes[older][1]
+        rec = codec.encode_reverse(nodes[older][0], head, Base(nodes[newer][0],
+                                                               nodes[newer][1]), policy)
+        nodes[older] = (nodes[older][0], rec.header, rec.data, None)
+        reverse_base[older] = newer
 
     for me, (_, state) in enumerate(states):
         path = [me]
         while nodes[path[-1]][3] is not None:
             path.append(nodes[path[-1]][3])  # type: ignore[arg-type]
-        path.reverse()
         assert len(path) == nodes[me][1].depth <= policy.max_chain
+        while path[-1] in reverse_base:
+            path.append(reverse_base[path[-1]])
+        path.reverse()
         raws = decode_path([nodes[i][2] for i in path])
         assert raws == [nodes[i][0] for i in path]
         assert same(SER.loads(raws[-1]), state)
-        if len(path) > 1:  # start from a decoded ancestor instead of the keyframe
+        if len(path) > 1:  # start from a decoded ancestor instead of the newest master
             cut = len(path) // 2
             known = nodes[path[cut - 1]]
             tail = decode_path([nodes[i][2] for i in path[cut:]], Base(known[0], known[1]))
@@ -574,6 +621,12 @@ def test_memory_saver_histories_read_back_exactly(
         assert same(dict(by_id[ids[me]].state), state)
     latest = saver.get("t")
     assert latest is not None and latest.id == ids[-1]
-    # Every record a read needs stays within max_chain.
-    for item in saver._threads["t"][""].items.values():
+    # Forward chains stay within max_chain, and reads walk few reverse records.
+    items = saver._threads["t"][""].items
+    masters = sum(1 for item in items.values() if item.depth == 1)
+    for item in items.values():
         assert 1 <= item.depth <= policy.max_chain
+        hops, current = 0, item
+        while current.base_id is not None:
+            current, hops = items[current.base_id], hops + 1
+        assert hops + 1 <= item.depth + math.log2(masters) + 2
