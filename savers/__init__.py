@@ -1,7 +1,7 @@
 """savegame.savers: checkpoint savers with delta-encoded, zstd-compressed storage.
 
-The file and MongoDB savers are imported lazily, so ``import savegame.savers`` stays light
-and never needs pymongo.
+The file, MongoDB and Redis savers are imported lazily, so ``import savegame.savers``
+stays light and never needs pymongo or redis-py.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ if TYPE_CHECKING:
     from .file import FileSystemSaver as FileSystemSaver
     from .mongodb import AsyncMongoSaver as AsyncMongoSaver
     from .mongodb import MongoSaver as MongoSaver
+    from .redis import AsyncRedisSaver as AsyncRedisSaver
+    from .redis import RedisSaver as RedisSaver
 
-# MongoSaver and AsyncMongoSaver import lazily (see __getattr__), so a star import of this
-# package never needs pymongo; import them by name.
+# MongoSaver, AsyncMongoSaver, RedisSaver and AsyncRedisSaver import lazily (see
+# __getattr__), so a star import of this package never needs pymongo or redis-py; import
+# them by name.
 __all__ = [
     "AsyncFileSystemSaver",
     "BaseSaver",
@@ -64,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from . import mongodb
 
         return getattr(mongodb, name)
+    if name in ("RedisSaver", "AsyncRedisSaver"):
+        from . import redis
+
+        return getattr(redis, name)
     raise AttributeError(f"module 'savegame.savers' has no attribute {name!r}")

@@ -213,6 +213,18 @@ class _RawCache:
             while self._size > self.max_bytes:
                 self._forget(next(iter(self._items)))
 
+    def known_ids(self, thread_id: str, namespace: str, limit: int) -> list[str]:
+        """Ids of the thread and namespace held, most recently used first (at most
+        ``limit``): where a store's read may stop walking base links."""
+        out: list[str] = []
+        with self._lock:
+            for key in reversed(self._items):
+                if key[0] == thread_id and key[1] == namespace:
+                    out.append(key[2])
+                    if len(out) == limit:
+                        break
+        return out
+
     def discard(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._forget(key)

@@ -100,3 +100,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
         asyncio.set_event_loop(None)
         loop.close()
 
+
+
+# Real redis-server deployments (single node, 3-node cluster) and a valkey-server, one of
+# each per session.
+from redis_harness import redis_cluster, redis_single, valkey_single  # noqa: E402, F401

@@ -26,6 +26,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+from .._options import seconds as _seconds
 from ..base import HEAD_MOVED, BaseSaver, StoredCheckpoint, StoredWrite
 from . import _shared as sh
 
@@ -40,15 +41,6 @@ def _resolve(value: Any) -> Any:
     if inspect.isawaitable(value):
         return value
     return value
-
-
-def _seconds(value: float | dt.timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if not seconds > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return seconds
 
 
 class MongoSaver(BaseSaver):

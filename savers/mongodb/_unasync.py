@@ -1,24 +1,20 @@
 """Generate ``_sync.py`` (MongoSaver) from ``_async.py`` (AsyncMongoSaver).
 
 Run ``python -m savegame.savers.mongodb._unasync`` after editing ``_async.py``;
-``--check`` exits 1 when ``_sync.py`` is out of date (tests/mongodb runs it). A few regex
-substitutions in the style of httpcore's ``scripts/unasync.py``: every one must be used,
-so a rename in the source cannot silently leave a stale name in the copy.
+``--check`` exits 1 when ``_sync.py`` is out of date (tests/mongodb runs it). The
+substitutions below are applied by ``savers/_unasync.py``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
+
+from .._unasync import main as _main
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "_async.py"
 TARGET = HERE / "_sync.py"
-
-HEADER = (
-    "# GENERATED from _async.py by `python -m savegame.savers.mongodb._unasync`: do not edit.\n"
-)
 
 SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"PyMongo's async API \(or a Motor client\)", "PyMongo's MongoClient"),
@@ -36,25 +32,8 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def generate(source: str) -> str:
-    out = source
-    for pattern, replacement in SUBSTITUTIONS:
-        out, count = re.subn(pattern, replacement, out, flags=re.MULTILINE)
-        if count == 0:
-            raise ValueError(f"unused substitution {pattern!r}: update _unasync.py")
-    return HEADER + out
-
-
 def main(argv: list[str]) -> int:
-    expected = generate(SOURCE.read_text(encoding="utf-8"))
-    if "--check" in argv:
-        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        if current != expected:
-            print(f"{TARGET} is out of date: run python -m savegame.savers.mongodb._unasync")
-            return 1
-        return 0
-    TARGET.write_text(expected, encoding="utf-8")
-    return 0
+    return _main(argv, SOURCE, TARGET, SUBSTITUTIONS, "savegame.savers.mongodb._unasync")
 
 
 if __name__ == "__main__":

@@ -120,3 +120,35 @@ class NxAsyncStorage(Storage):
             self.run(client.close())
 
 
+
+
+class RedisStorage(Storage):
+    """RedisSaver (sync) or AsyncRedisSaver on a real server (single node or cluster):
+    every checkpointer gets a new saver over a new client, on one key prefix."""
+
+    def __init__(self, where: Any, *, is_async: bool, run: Callable[[Any], Any]) -> None:
+        import redis_harness
+
+        self.where = where
+        self.is_async_only = is_async
+        self.name = f"{'async_' if is_async else ''}redis_{where.name}"
+        self.run = run
+        self.prefix = redis_harness.fresh_prefix()
+        self.savers: list[Any] = []
+
+    def checkpointer(self) -> Checkpointer:
+        from savegame.savers import AsyncRedisSaver, RedisSaver
+
+        cls = AsyncRedisSaver if self.is_async_only else RedisSaver
+        client = self.where.async_client() if self.is_async_only else self.where.sync_client()
+        saver = cls(client, key_prefix=self.prefix, owns_client=True)
+        self.savers.append(saver)
+        return Checkpointer(saver)
+
+    def close(self) -> None:
+        for saver in self.savers:
+            if self.is_async_only:
+                self.run(saver.aclose())
+            else:
+                saver.close()
+        self.where.drop(self.prefix)

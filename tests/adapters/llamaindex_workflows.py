@@ -43,12 +43,19 @@ def _log(name: str) -> None:
 
 
 def open_saver(uri: str, database: str) -> Any:
-    """The saver a driver process opens: FileSystemSaver for a ``file://`` URI (DATABASE is
-    ignored), else MongoSaver; ``close()`` releases it."""
+    """A saver owning a new client: FileSystemSaver for ``file://`` (``database`` ignored),
+    RedisSaver for ``redis://`` and ``rediscluster://`` (a Redis Cluster; ``database`` = key
+    prefix), else MongoSaver (``database``); ``close()`` releases it."""
     if uri.startswith("file:"):
         from savegame.savers import FileSystemSaver
 
         return FileSystemSaver.from_uri(uri)
+    if uri.startswith(("redis://", "rediscluster://")):
+        from savegame.savers import RedisSaver
+
+        cluster = uri.startswith("rediscluster://")
+        return RedisSaver.from_uri(uri.replace("rediscluster://", "redis://", 1),
+                                   cluster=cluster, key_prefix=database)
     from savegame.savers import MongoSaver
 
     return MongoSaver.from_uri(uri, database=database,

@@ -24,7 +24,7 @@ from savegame.savers.base import BaseSaver
 
 #: Persister kinds and the storage under them.
 BACKENDS = ["memory", "async_memory", "mongomock", "mongo_nx", "async_mongo_nx", "file",
-            "async_file"]
+            "async_file", "redis", "async_redis_cluster"]
 
 _memory_stores: dict[str, MemorySaver] = {}
 _names = itertools.count()
@@ -66,6 +66,14 @@ def async_server_saver(uri: str, prefix: str) -> BaseSaver:
     client = pymongo.AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
     return AsyncMongoSaver(client, database=mongo_harness.DATABASE, prefix=prefix,
                            owns_client=True)
+
+
+def redis_saver(url: str, cluster: bool, is_async: bool, prefix: str) -> BaseSaver:
+    """A new RedisSaver / AsyncRedisSaver owning a new client (a picklable factory)."""
+    from savegame.savers import AsyncRedisSaver, RedisSaver
+
+    cls = AsyncRedisSaver if is_async else RedisSaver
+    return cls.from_uri(url, cluster=cluster, key_prefix=prefix)
 
 
 def require_list_threads(saver_class: type) -> None:
@@ -146,6 +154,12 @@ def make_backend(request: pytest.FixtureRequest, name: str,
         prefix = mongo_harness.fresh_prefix()
         factory = functools.partial(async_server_saver, uri, prefix)
         drop.append(lambda: mongo_harness.drop(server_saver(uri, prefix)))
+    elif name in ("redis", "async_redis_cluster"):  # RedisSaver on one node, async on a cluster
+        where = request.getfixturevalue("redis_cluster" if "cluster" in name else "redis_single")
+        prefix = f"burr{store}"
+        factory = functools.partial(redis_saver, where.url, where.is_cluster,
+                                    name.startswith("async_"), prefix)
+        drop.append(lambda: where.drop(prefix))
     else:
         raise AssertionError(name)
     backend = Backend(name, factory, is_async=name.startswith("async_"), loop=loop)

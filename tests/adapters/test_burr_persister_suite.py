@@ -126,7 +126,8 @@ def test_copies_share_the_store_from_other_threads(backend: harness.Backend) -> 
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    if backend.name == "async_mongo_nx":  # an async client stays on its loop: copies too
+    if backend.name in ("async_mongo_nx", "async_redis_cluster"):  # an async client stays
+        # on its loop: copies too
         async def all_copies() -> None:
             await asyncio.gather(*(persister.copy().save(
                 "pk", f"app{i}", 0, "a", State({"i": i}), "completed") for i in range(8)))

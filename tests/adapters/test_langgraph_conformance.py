@@ -1,8 +1,9 @@
 """LangGraph's own conformance kit (langgraph-checkpoint-conformance) against Checkpointer.
 
-Four set-ups: over MemorySaver, over MongoSaver on mongomock, over AsyncMongoSaver
-through the real driver on nx-27017, and over FileSystemSaver. Every base and extended
-capability must be detected and pass; the validator's report is printed (``pytest -s`` shows it).
+Set-ups: over MemorySaver, over MongoSaver on mongomock, over AsyncMongoSaver through the
+real driver on nx-27017, over FileSystemSaver, over RedisSaver on a redis-server and over
+AsyncRedisSaver on a 3-node Redis Cluster. Every base and extended capability must be
+detected and pass; the validator's report is printed (``pytest -s`` shows it).
 """
 
 from __future__ import annotations
@@ -85,6 +86,39 @@ def test_conformance_async_mongosaver_nx(nx_uri: str) -> None:
             await client.close()
 
     check(asyncio.run(validate(factory, progress=ProgressCallbacks.default())))
+
+
+def test_conformance_redissaver_single(redis_single: Any) -> None:
+    import redis_harness
+
+    from savegame.savers import RedisSaver
+
+    @checkpointer_test(name="savegame Checkpointer(RedisSaver on redis-server)")
+    async def factory() -> AsyncIterator[Checkpointer]:
+        prefix = redis_harness.fresh_prefix()
+        try:
+            yield Checkpointer(RedisSaver(redis_single.client, key_prefix=prefix))
+        finally:
+            redis_single.drop(prefix)
+
+    check(asyncio.run(validate(factory, progress=ProgressCallbacks.default())))
+
+
+def test_conformance_async_redissaver_cluster(redis_cluster: Any) -> None:
+    import redis_harness
+
+    from savegame.savers import AsyncRedisSaver
+
+    @checkpointer_test(name="savegame Checkpointer(AsyncRedisSaver on a 3-node cluster)")
+    async def factory() -> AsyncIterator[Checkpointer]:
+        prefix = redis_harness.fresh_prefix()
+        saver = AsyncRedisSaver(redis_cluster.async_client(), key_prefix=prefix,
+                                owns_client=True)
+        try:
+            yield Checkpointer(saver)
+        finally:
+            await saver.aclose()
+            redis_cluster.drop(prefix)
 
 
 def test_conformance_file(tmp_path: Any) -> None:

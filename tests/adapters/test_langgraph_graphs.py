@@ -29,7 +29,7 @@ from typing_extensions import TypedDict
 from savegame.adapters.langgraph import Checkpointer
 from savegame.savers import MemorySaver
 
-STORAGES = ["memory", "mongomock", "nx_async", "file"]
+STORAGES = ["memory", "mongomock", "nx_async", "file", "redis_single", "async_redis_cluster"]
 
 
 @pytest.fixture(params=STORAGES)
@@ -42,6 +42,11 @@ def storage(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
         made = support.MongomockStorage()
     elif request.param == "file":
         made = support.FileStorage(request.getfixturevalue("tmp_path") / "store")
+    elif "redis" in request.param:  # RedisSaver on one node, AsyncRedisSaver on a cluster
+        cluster = request.param.endswith("cluster")
+        made = support.RedisStorage(
+            request.getfixturevalue("redis_cluster" if cluster else "redis_single"),
+            is_async=request.param.startswith("async_"), run=loop.run_until_complete)
     else:
         made = support.NxAsyncStorage(request.getfixturevalue("nx_uri"),
                                       loop.run_until_complete)

@@ -1,5 +1,6 @@
 """The LlamaIndex Workflows adapter on real workflows: checkpoints per step, resume in a new
-process over MongoDB (nx-27017), a crash mid-step, human in the loop both ways."""
+process over MongoDB (nx-27017) and Redis (a server and a cluster), a crash mid-step, human
+in the loop both ways."""
 
 from __future__ import annotations
 
@@ -188,6 +189,21 @@ def mongo(nx_uri: str) -> Iterator[tuple[str, str]]:
     mongo_harness.sync_client(nx_uri).drop_database(database)
 
 
+@pytest.fixture(params=["nx", "redis", "redis_cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(URI, database or key prefix) of a server the driver processes open: MongoDB on
+    nx-27017, a redis-server, a 3-node Redis Cluster."""
+    if request.param == "nx":
+        yield request.getfixturevalue("mongo")
+        return
+    where = request.getfixturevalue("redis_" + ("cluster" if "cluster" in request.param
+                                                 else "single"))
+    prefix = f"li{os.getpid()}x{next(_databases)}"
+    yield where.url.replace("redis://", "rediscluster://" if where.is_cluster else "redis://"), \
+        prefix
+    where.drop(prefix)
+
+
 def drive(*args: str, env: dict[str, str] | None = None, expect: int = 0) -> Any:
     done = subprocess.run(
         [sys.executable, str(DRIVER), *args], capture_output=True, text=True, timeout=90,
@@ -199,9 +215,9 @@ def drive(*args: str, env: dict[str, str] | None = None, expect: int = 0) -> Any
 
 @pytest.mark.parametrize("variant", sorted(lw.HITL))
 def test_human_in_the_loop_resumed_in_a_new_process(
-    variant: str, mongo: tuple[str, str], tmp_path: Path
+    variant: str, store: tuple[str, str], tmp_path: Path
 ) -> None:
-    uri, database = mongo
+    uri, database = store
     log = tmp_path / "steps.log"
     env = {lw.STEP_LOG: str(log)}
     assert drive("ask", uri, database, "hitl", variant, env=env) == {"asked": True}
@@ -230,9 +246,9 @@ def test_human_in_the_loop_from_a_new_process_needs_no_configuration(
 
 
 def test_crash_in_step_two_resumes_by_rerunning_only_step_two(
-    mongo: tuple[str, str], tmp_path: Path
+    store: tuple[str, str], tmp_path: Path
 ) -> None:
-    uri, database = mongo
+    uri, database = store
     log = tmp_path / "steps.log"
     env = {lw.STEP_LOG: str(log)}
     crash = {**env, lw.CRASH_IN_S2: f"{uri}|{database}|crash"}
@@ -242,12 +258,8 @@ def test_crash_in_step_two_resumes_by_rerunning_only_step_two(
         "result": ["one", "two", "three"]}
     assert log.read_text().split() == ["s1", "s2", "s2", "s3"]
 
-    import mongo_harness
-
-    from savegame.savers import MongoSaver
-
-    saver = MongoSaver(mongo_harness.sync_client(uri), database=database)
-    names = [c.node_id for c in saver.list("crash")]
+    with lw.open_saver(uri, database) as saver:
+        names = [c.node_id for c in saver.list("crash")]
     assert names == ["s3", "s2", "s1"]
 
 

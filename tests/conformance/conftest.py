@@ -30,6 +30,7 @@ from typing import Any
 import file_harness
 import mongo_harness
 import pytest
+import redis_harness
 
 from savegame.savers import MemorySaver, VersionedMemorySaver
 from savegame.savers.base import BaseSaver, Call, StoredCheckpoint
@@ -62,6 +63,13 @@ PARENT_CHECK_NOT_ATOMIC: set[str] = set(_MONGO)
 BACKENDS += ["file", "async_file"]
 ASYNC_ONLY |= {"async_file"}
 VERSIONED |= {"file", "async_file"}
+# Redis savers (fixtures at the end of this file): RedisSaver and AsyncRedisSaver on a real
+# single node and on a real 3-node cluster, and RedisSaver on a valkey-server; release
+# archives versions there too.
+_REDIS = ["redis", "async_redis", "redis_cluster", "async_redis_cluster", "valkey"]
+BACKENDS += _REDIS
+ASYNC_ONLY |= {name for name in _REDIS if name.startswith("async_")}
+VERSIONED |= set(_REDIS)
 
 
 # -- backends ------------------------------------------------------------------------
@@ -420,3 +428,91 @@ def sibling_file(backend_file: FileSystemSaver) -> FileSystemSaver:
 @pytest.fixture
 def sibling_async_file(backend_async_file: AsyncFileSystemSaver) -> AsyncFileSystemSaver:
     return AsyncFileSystemSaver(backend_async_file.path, durability="os")
+
+
+# -- Redis: RedisSaver and AsyncRedisSaver on a real single node and a 3-node cluster -------
+# Servers come from tests/redis_harness.py (started once per session); names in BACKENDS.
+
+
+@pytest.fixture
+def backend_redis(redis_single: Any) -> Iterator[Any]:
+    yield from redis_harness.sync_saver(redis_single)
+
+
+@pytest.fixture
+def backend_async_redis(redis_single: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    yield from redis_harness.async_saver(redis_single, loop)
+
+
+@pytest.fixture
+def backend_redis_cluster(redis_cluster: Any) -> Iterator[Any]:
+    yield from redis_harness.sync_saver(redis_cluster)
+
+
+@pytest.fixture
+def backend_async_redis_cluster(
+    redis_cluster: Any, loop: asyncio.AbstractEventLoop
+) -> Iterator[Any]:
+    yield from redis_harness.async_saver(redis_cluster, loop)
+
+
+@pytest.fixture
+def backend_valkey(valkey_single: Any) -> Iterator[Any]:
+    yield from redis_harness.sync_saver(valkey_single)
+
+
+@pytest.fixture
+def tamper_valkey(valkey_single: Any, backend_valkey: Any) -> redis_harness.Tamper:
+    return redis_harness.Tamper(valkey_single, backend_valkey)
+
+
+@pytest.fixture
+def sibling_valkey(backend_valkey: Any) -> Any:
+    return _redis_sibling(backend_valkey)
+
+
+@pytest.fixture
+def tamper_redis(redis_single: Any, backend_redis: Any) -> redis_harness.Tamper:
+    return redis_harness.Tamper(redis_single, backend_redis)
+
+
+@pytest.fixture
+def tamper_async_redis(redis_single: Any, backend_async_redis: Any) -> redis_harness.Tamper:
+    return redis_harness.Tamper(redis_single, backend_async_redis)
+
+
+@pytest.fixture
+def tamper_redis_cluster(redis_cluster: Any, backend_redis_cluster: Any
+                         ) -> redis_harness.Tamper:
+    return redis_harness.Tamper(redis_cluster, backend_redis_cluster)
+
+
+@pytest.fixture
+def tamper_async_redis_cluster(redis_cluster: Any, backend_async_redis_cluster: Any
+                               ) -> redis_harness.Tamper:
+    return redis_harness.Tamper(redis_cluster, backend_async_redis_cluster)
+
+
+def _redis_sibling(saver: Any) -> Any:
+    """A saver of the same class over the same client and key prefix."""
+    return type(saver)(saver.client, key_prefix=saver.key_prefix)
+
+
+@pytest.fixture
+def sibling_redis(backend_redis: Any) -> Any:
+    return _redis_sibling(backend_redis)
+
+
+@pytest.fixture
+def sibling_async_redis(backend_async_redis: Any) -> Any:
+    return _redis_sibling(backend_async_redis)
+
+
+@pytest.fixture
+def sibling_redis_cluster(backend_redis_cluster: Any) -> Any:
+    return _redis_sibling(backend_redis_cluster)
+
+
+@pytest.fixture
+def sibling_async_redis_cluster(backend_async_redis_cluster: Any) -> Any:
+    return _redis_sibling(backend_async_redis_cluster)
