@@ -696,9 +696,20 @@ class BaseSaver:
         self._saw_head(space, stored)
         written = _Known(raw, encoded.header, stored, time.monotonic())
         self._cache.put((thread_id, namespace, stored.id), written)
-        if encoded.header.is_keyframe and parent is not None and self.policy.reverse:
+        if (encoded.header.is_keyframe and parent is not None and self.policy.reverse
+                and self._reverse_allowed()):
             yield from self._reverse_older_masters(parent, written)
         return stored.to_checkpoint(checkpoint.state)
+
+    def _reverse_allowed(self) -> bool:
+        """May older keyframes become reverse records against newer ones here? Not where
+        records expire by chain (a ``ttl`` by keyframe chain, as on MongoDB and in the file
+        store): an old chain continued by a fork could outlive the newer keyframe it would
+        need. A store whose whole thread expires at once (Redis) may."""
+        return getattr(self, "ttl", None) is None or self._ttl_covers_thread
+
+    #: True where a ``ttl`` expires a whole thread at once (see ``_reverse_allowed``).
+    _ttl_covers_thread: ClassVar[bool] = False
 
     def _reverse_older_masters(self, parent: StoredCheckpoint, master: _Known) -> Flow[None]:
         """After writing ``master``: rewrite the masters its Fenwick step names (the

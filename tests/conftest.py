@@ -17,7 +17,8 @@ import pytest
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--stress", action="store_true",
-                     help="run the long stress tier (about 10x the writers' puts)")
+                     help="run the long stress tier (about 10x the writers' puts, the "
+                          "conformance volume tests in full on every backend)")
 
 
 def _free_port() -> int:

@@ -56,6 +56,8 @@ class RedisSaver(BaseSaver):
     Other keyword arguments (``serializer``, ``policy``, ``cache_bytes``) go to BaseSaver.
     """
 
+    _ttl_covers_thread = True  # every key of a thread expires at once
+
     _blocking_io = _IS_SYNC
     _async_only = not _IS_SYNC
 

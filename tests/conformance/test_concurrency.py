@@ -39,8 +39,8 @@ def check(saver, run, shared: bool, results: list[list[Checkpoint]], puts: int =
     written = [c for made in results for c in made]
     assert len(written) == WRITERS * puts
     assert len({c.id for c in written}) == len(written), "duplicate ids"
-    for puts in results:  # each writer's own puts come back in order
-        assert [c.id for c in puts] == sorted(c.id for c in puts)
+    for made in results:  # each writer's own puts come back in order
+        assert [c.id for c in made] == sorted(c.id for c in made)
     threads = {thread_of(shared, w) for w in range(WRITERS)}
     listed = [c for thread in sorted(threads) for c in list_all(thread)]
     assert len(listed) == len(written), "lost or duplicated checkpoints"

@@ -630,3 +630,14 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
     os.waitpid(pid, 0)
     assert waited >= 0.4, f"the child wrote after {waited} s, while the parent held the lock"
     assert FileSystemSaver(tmp_path).get("t").state == {"n": 1}
+
+
+def test_with_a_ttl_keyframes_stay_whole(tmp_path: Path) -> None:
+    """The file store expires whole keyframe chains: with a ttl no keyframe becomes a
+    reverse record (one could be needed by an older chain a fork keeps alive)."""
+    saver = FileSystemSaver(tmp_path, ttl=3600, policy=KeyframePolicy(max_chain=2))
+    for i in range(10):
+        saver.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+    stored, _ = saver._read_thread("t")
+    masters = [item for item in stored if item.depth == 1]
+    assert len(masters) >= 4 and all(item.base_id is None for item in masters)

@@ -747,3 +747,18 @@ def test_async_saver_cold_latest_get_is_one_aggregate(nx_uri: str) -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+def test_with_a_ttl_keyframes_stay_whole() -> None:
+    """Records expire by keyframe chain: an old chain continued by a fork could outlive
+    the newer keyframe a reverse record needs, so with a ttl none is written."""
+    saver = mongo_harness.mongomock_saver(ttl=3600, policy=KeyframePolicy(max_chain=2))
+    for i in range(10):
+        saver.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+    masters = list(saver._checkpoints.find({"thread_id": "t", "depth": 1}))
+    assert len(masters) >= 4 and all("base" not in doc for doc in masters)
+    untimed = mongo_harness.mongomock_saver(policy=KeyframePolicy(max_chain=2))
+    for i in range(10):
+        untimed.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+    masters = list(untimed._checkpoints.find({"thread_id": "t", "depth": 1}))
+    assert sum("base" not in doc for doc in masters) == 1
