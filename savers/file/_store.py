@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .._options import seconds
 from ..base import HEAD_MOVED, BaseSaver, Flow, R, StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
 from ..memory import _same_json
@@ -68,15 +69,6 @@ class FileStoreError(SavegameError, OSError):
 class FileFormatError(SavegameError):
     """A store file is not in a format this savegame reads: written by a newer savegame
     (upgrade to read it), or not a savegame file at all."""
-
-
-def _seconds(value: float | dt.timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if not seconds > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return seconds
 
 
 # -- small IO helpers --------------------------------------------------------------------
@@ -252,7 +244,7 @@ class FileSystemSaver(BaseSaver):
         self.path = Path(path).absolute()
         self.durability: Durability = durability
         self.keep_last = keep_last
-        self.ttl = _seconds(ttl, "ttl")
+        self.ttl = seconds(ttl, "ttl")
         self.max_open_files = max_open_files
         self._root = str(self.path)
         self._registry_path = os.path.join(self._root, "threads.sgr")
