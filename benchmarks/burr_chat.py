@@ -38,7 +38,7 @@ import mongomock
 from burr.core import ApplicationBuilder, State, action
 from burr.core.persistence import BaseStatePersister
 from burr.integrations.persisters.b_pymongo import MongoDBBasePersister
-from common import bson_bytes, machine
+from common import bson_bytes, machine, mongomock_client
 
 from savegame.adapters.burr import Persister
 from savegame.savers import MongoSaver
@@ -135,7 +135,7 @@ def run_app(persister: BaseStatePersister, steps: int, seed: int) -> dict[str, A
 
 
 def measure(kind: str, steps: int, seed: int) -> dict[str, Any]:
-    client = mongomock.MongoClient()
+    client = mongomock_client()
     db_name = f"bench_{kind}"
     persister: BaseStatePersister
     if kind == "savegame":

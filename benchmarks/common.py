@@ -126,3 +126,22 @@ def machine(**versions: str) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         **versions,
     }
+
+
+def mongomock_client() -> Any:
+    """A mongomock client whose bulk updates take pymongo 4.20's ``sort=None`` (mongomock
+    4.3 refuses the argument; the savers' bulk rewrites and MongoDBSaver's upserts pass
+    it): the emulator's gap, shimmed here, never in the product."""
+    import mongomock
+    from mongomock.collection import BulkOperationBuilder
+
+    original = BulkOperationBuilder.add_update
+    if not getattr(original, "_sort_shim", False):
+        def add_update(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
+            if sort is not None:
+                raise NotImplementedError("mongomock bulk updates cannot sort")
+            return original(self, *args, **kwargs)
+
+        add_update._sort_shim = True  # type: ignore[attr-defined]
+        BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
+    return mongomock.MongoClient()

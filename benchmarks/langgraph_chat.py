@@ -38,9 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import mongomock
 import pymongo
-from common import Commands, bson_bytes, nx_server
+from common import Commands, bson_bytes, mongomock_client, nx_server
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.mongodb import MongoDBSaver
@@ -102,24 +101,6 @@ def run_chat(checkpointer: BaseCheckpointSaver[Any], turns: int, thread: str = "
 
 
 # -- backends -------------------------------------------------------------------------
-def shim_mongomock_bulk_sort() -> None:
-    """pymongo 4.20's ``UpdateOne`` passes ``sort=`` to the bulk builder, which mongomock
-    4.3 does not accept: drop it when unset (the harness's business, not the product's)."""
-    from mongomock.collection import BulkOperationBuilder
-
-    original = BulkOperationBuilder.add_update
-    if getattr(original, "_sort_shim", False):
-        return
-
-    def add_update(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
-        if sort is not None:
-            raise NotImplementedError("mongomock bulk updates cannot sort")
-        return original(self, *args, **kwargs)
-
-    add_update._sort_shim = True  # type: ignore[attr-defined]
-    BulkOperationBuilder.add_update = add_update  # type: ignore[method-assign]
-
-
 def savegame_checkpointer(client: Any, database: str) -> Checkpointer:
     return Checkpointer(MongoSaver(client, database=database))
 
@@ -137,14 +118,13 @@ FACTORIES: dict[str, Callable[[Any, str], BaseCheckpointSaver[Any]]] = {
 def measure_mongomock(turns: int) -> dict[str, Any]:
     """Bytes and CPU on mongomock. Both checkpointers first run a 2-turn warm-up; short
     chats are run 5 times, interleaved, and the fastest mean per turn is kept."""
-    shim_mongomock_bulk_sort()
     for factory in FACTORIES.values():
-        run_chat(factory(mongomock.MongoClient(), "warmup"), 2)
+        run_chat(factory(mongomock_client(), "warmup"), 2)
     out: dict[str, Any] = {}
     repeats = 5 if turns <= 50 else 1
     for _ in range(repeats):
         for name, factory in FACTORIES.items():
-            client: Any = mongomock.MongoClient()
+            client: Any = mongomock_client()
             cpu = run_chat(factory(client, "bench"), turns)
             stored, docs = bson_bytes(client["bench"])
             mean = statistics.fmean(cpu) * 1e3

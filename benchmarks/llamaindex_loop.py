@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from common import bson_bytes
+from common import bson_bytes, mongomock_client
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StepState, StepStateChanged, StopEvent
 
@@ -166,11 +166,10 @@ def main() -> int:
     row("memory", "savegame MemorySaver", saver.storage_bytes(), ours)
 
     if not args.no_mongo:
-        import mongomock
 
         from savegame.savers import MongoSaver
 
-        client: Any = mongomock.MongoClient()
+        client: Any = mongomock_client()
         docs = client["recipe"]["contexts"]
 
         def keep_bson(i: int, snapshot: dict[str, Any]) -> None:

@@ -19,11 +19,10 @@ import time
 from typing import Any
 
 import bson
-import mongomock
 import pymongo
 import zstandard
 from chat import chat_states
-from common import Commands, nx_server
+from common import Commands, mongomock_client, nx_server
 
 from savegame.savers import Checkpoint, MongoSaver
 from savegame.savers.serde import Serializer
@@ -79,7 +78,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--no-nx", action="store_true")
     args = parser.parse_args()
-    print("mongomock:", measure(MongoSaver(mongomock.MongoClient()), None, args.turns))
+    print("mongomock:", measure(MongoSaver(mongomock_client()), None, args.turns))
     if args.no_nx:
         return
     with nx_server() as uri:

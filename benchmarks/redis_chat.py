@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import redis
-from common import free_port, machine
+from common import free_port, machine, mongomock_client
 
 HERE = Path(__file__).resolve().parent
 
@@ -205,7 +205,6 @@ def measure_burr(port: int, steps: int, repeat: int, seed: int) -> dict[str, Any
 
 # -- LangGraph ----------------------------------------------------------------------------
 def langgraph_run(port: int, kind: str, turns: int) -> dict[str, Any]:
-    import mongomock
     from langgraph_chat import run_chat
 
     from savegame.adapters.langgraph import Checkpointer
@@ -223,7 +222,7 @@ def langgraph_run(port: int, kind: str, turns: int) -> dict[str, Any]:
     elif kind == "memory":
         saver = MemorySaver()
     else:
-        mongo: Any = mongomock.MongoClient()
+        mongo: Any = mongomock_client()
         saver = MongoSaver(mongo, database="lg")
     checkpointer = Checkpointer(saver)
     trips = RoundTrips()

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import inspect
+import logging
 import random
 import threading
 import time
@@ -55,6 +56,7 @@ __all__ = ["HEAD_MOVED", "BaseSaver", "Call", "StoredCheckpoint", "StoredWrite"]
 
 R = TypeVar("R")
 _MAX_INT64 = (1 << 63) - 1
+_log = logging.getLogger("savegame.savers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -731,7 +733,9 @@ class BaseSaver:
             try:
                 for item in (yield Call("_read_chains", (thread_id, namespace, others))):
                     lookup[item.id] = item
-            except Exception:  # a store error: the put stands, the masters stay whole
+            except Exception as exc:  # a store error: the put stands, the masters stay whole
+                _log.warning("thread %r: older keyframes left whole (reading them failed: "
+                             "%s: %s)", thread_id, type(exc).__name__, exc)
                 return
         prepared = (codec.Dictionary(master.raw, len(master.raw), self.policy.delta_level)
                     if others else None)
@@ -759,8 +763,9 @@ class BaseSaver:
                 for stored in rewritten:
                     with contextlib.suppress(KeyError):
                         yield Call("_replace", (stored,))
-        except Exception:  # a store error: the put stands, the masters stay whole
-            pass
+        except Exception as exc:  # a store error: the put stands, the masters stay whole
+            _log.warning("thread %r: older keyframes left whole (rewriting them failed: "
+                         "%s: %s)", thread_id, type(exc).__name__, exc)
         for stored in rewritten:
             self._cache.discard((thread_id, namespace, stored.id))
 

@@ -472,9 +472,12 @@ class AsyncMongoSaver(BaseSaver):
         """Rewrite several records in one bulk command (a new master's reverse records);
         a record that vanished meanwhile is skipped."""
         await self._ensure_setup()
-        updates = [UpdateOne(*(await self._rewrite(stored))) for stored in items]
-        if updates:
-            await self._checkpoints.bulk_write(updates, ordered=False)
+        rewrites = [await self._rewrite(stored) for stored in items]
+        if len(rewrites) == 1:  # the common case: the previous keyframe alone
+            await self._checkpoints.update_one(*rewrites[0])
+        elif rewrites:
+            await self._checkpoints.bulk_write([UpdateOne(*r) for r in rewrites],
+                                               ordered=False)
 
     async def _rewrite(self, stored: StoredCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
         """The filter and update that rewrite ``stored``'s record, its chunks written

@@ -473,9 +473,12 @@ class MongoSaver(BaseSaver):
         """Rewrite several records in one bulk command (a new master's reverse records);
         a record that vanished meanwhile is skipped."""
         self._ensure_setup()
-        updates = [UpdateOne(*(self._rewrite(stored))) for stored in items]
-        if updates:
-            self._checkpoints.bulk_write(updates, ordered=False)
+        rewrites = [self._rewrite(stored) for stored in items]
+        if len(rewrites) == 1:  # the common case: the previous keyframe alone
+            self._checkpoints.update_one(*rewrites[0])
+        elif rewrites:
+            self._checkpoints.bulk_write([UpdateOne(*r) for r in rewrites],
+                                               ordered=False)
 
     def _rewrite(self, stored: StoredCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
         """The filter and update that rewrite ``stored``'s record, its chunks written
