@@ -10,9 +10,12 @@ or Redis), once per configuration, all at the same time:
 
 - ``default:inmemory``, ``strict:inmemory``: LangGraph's own checkpointers, the baseline
   (``strict`` = ``LANGGRAPH_STRICT_MSGPACK=true``, LangGraph's strict serializer mode);
-- ``default:memory``, ``default:mongomock``, ``strict:memory``: savegame's ``Checkpointer``
-  over ``MemorySaver`` and over ``MongoSaver`` on mongomock, wherever their suite makes an
-  in-memory checkpointer (their checkpointer fixtures and their own ``InMemorySaver()``).
+- ``default:memory``, ``default:mongomock``, ``default:file``, ``strict:memory``:
+  savegame's ``Checkpointer`` over ``MemorySaver``, over ``MongoSaver`` on mongomock and
+  over ``FileSystemSaver`` in a fresh directory, wherever their suite makes an in-memory
+  checkpointer (their checkpointer fixtures and their own ``InMemorySaver()``). (The Redis
+  savers run the LangGraph graph suite and LangGraph's conformance kit instead: this tier's
+  subprocesses start no servers.)
 
 Every test must end the same way (passed, failed, skipped, xfailed...) as in the baseline
 of the same mode, except the tests listed with a reason in
@@ -45,6 +48,7 @@ SUITE = HERE / "langgraph_suite"
 EXCLUSIONS = SUITE / "exclusions.txt"
 #: (mode, backend) runs; each savegame run is compared with the inmemory run of its mode.
 RUNS = [("default", "inmemory"), ("default", "memory"), ("default", "mongomock"),
+        ("default", "file"),
         ("strict", "inmemory"), ("strict", "memory")]
 #: Modules their conftest and tests import (the 'test' dependency group of langgraph).
 TEST_DEPENDENCIES = ["syrupy", "pytest_mock", "redis", "psycopg", "psycopg_pool",

@@ -56,6 +56,12 @@ def _new_saver() -> Any:
 
         mongo_harness.patch_mongomock()
         return MongoSaver(mongomock.MongoClient(), database="langgraph_suite")
+    if BACKEND == "file":
+        import tempfile
+
+        from savegame.savers import FileSystemSaver
+
+        return FileSystemSaver(tempfile.mkdtemp(prefix="savegame-lg-suite-"), durability="os")
     raise ValueError(f"unknown SAVEGAME_LG_BACKEND {BACKEND!r}")
 
 
