@@ -265,9 +265,6 @@ def langgraph_run(port: int, kind: str, turns: int) -> dict[str, Any]:
 
 
 def measure_langgraph(port: int, turns: int) -> dict[str, Any]:
-    from langgraph_chat import shim_mongomock_bulk_sort
-
-    shim_mongomock_bulk_sort()
     return {kind: langgraph_run(port, kind, turns) for kind in ("redis", "memory", "mongomock")}
 
 
