@@ -64,6 +64,8 @@ import concurrent.futures
 import contextlib
 import heapq
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -149,6 +151,12 @@ _KNOWN_KEYS = frozenset(
 )
 _COUNTERS = "counters_since_delta_snapshot"
 _LIST_BATCH = 64
+#: How many (thread, namespace) places keep their last serialized channel values.
+_BLOB_PLACES = 64
+#: A channel's version, the object it was serialized from, and the serialized value.
+_Blob = tuple[Any, Any, tuple[str, bytes]]
+#: The "object" of a carried channel value: never a value LangGraph passes.
+_CARRIED: Any = object()
 
 
 class Checkpointer(BaseCheckpointSaver[int]):
@@ -194,6 +202,9 @@ class Checkpointer(BaseCheckpointSaver[int]):
         super().__init__(serde=serde if serde is not None else strict_serde(allowed))
         self.saver = saver
         self._owns_saver = owns_saver or opened
+        #: The channel values of the last put per (thread, namespace), serialized: see _values.
+        self._blobs: OrderedDict[tuple[str, str], tuple[str, dict[str, _Blob]]] = OrderedDict()
+        self._blobs_lock = threading.Lock()
         #: The event loop the async methods of an async-only saver last ran on: sync calls
         #: from other threads are run there.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -289,7 +300,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
         if stored is None:
             return None
         writes = self.saver.get_writes(thread_id, [_id(stored)], namespace=namespace)
-        return self._tuple(stored, writes[_id(stored)])
+        return self._tuple(stored, writes[_id(stored)], resumed=True)
 
     def list(
         self,
@@ -342,11 +353,14 @@ class Checkpointer(BaseCheckpointSaver[int]):
             return self._on_loop(
                 lambda: self.aput(config, checkpoint, metadata, new_versions), "put")
         thread_id, namespace, parent_id = _target(config)
-        values, carry = self._values(checkpoint, new_versions)
+        place = (thread_id, namespace)
+        values, carry = self._values(place, parent_id, checkpoint, new_versions)
         if carry and parent_id is not None:
             parent = self.saver.get(thread_id, parent_id, namespace=namespace)
             _carry_forward(values, carry, parent, checkpoint)
         self.saver.put(self._record(config, checkpoint, metadata, values))
+        self._remember(place, checkpoint["id"], checkpoint["channel_versions"],
+                       checkpoint["channel_values"], values)
         return _config(thread_id, namespace, checkpoint["id"])
 
     def put_writes(
@@ -443,7 +457,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
         if stored is None:
             return None
         writes = await self.saver.aget_writes(thread_id, [_id(stored)], namespace=namespace)
-        return self._tuple(stored, writes[_id(stored)])
+        return self._tuple(stored, writes[_id(stored)], resumed=True)
 
     async def alist(
         self,
@@ -526,11 +540,14 @@ class Checkpointer(BaseCheckpointSaver[int]):
     ) -> RunnableConfig:
         self._bind_loop()
         thread_id, namespace, parent_id = _target(config)
-        values, carry = self._values(checkpoint, new_versions)
+        place = (thread_id, namespace)
+        values, carry = self._values(place, parent_id, checkpoint, new_versions)
         if carry and parent_id is not None:
             parent = await self.saver.aget(thread_id, parent_id, namespace=namespace)
             _carry_forward(values, carry, parent, checkpoint)
         await self.saver.aput(self._record(config, checkpoint, metadata, values))
+        self._remember(place, checkpoint["id"], checkpoint["channel_versions"],
+                       checkpoint["channel_values"], values)
         return _config(thread_id, namespace, checkpoint["id"])
 
     async def aput_writes(
@@ -654,19 +671,52 @@ class Checkpointer(BaseCheckpointSaver[int]):
                     _wait(closing, loop, "list")
 
     def _values(
-        self, checkpoint: LGCheckpoint, new_versions: ChannelVersions
+        self,
+        place: tuple[str, str],
+        parent_id: str | None,
+        checkpoint: LGCheckpoint,
+        new_versions: ChannelVersions,
     ) -> tuple[dict[str, tuple[str, bytes]], builtins.list[str]]:
         """Serialized values of the channels in ``channel_versions``, and the unchanged
-        channels whose value was not passed (to carry over from the parent)."""
+        channels whose value was not passed (to carry over from the parent).
+
+        LangGraph passes every channel's value at every step (InMemorySaver stores only
+        the versions that changed), and a chat's message list is most of the state: a
+        channel whose version and value object are those this checkpointer last wrote or
+        loaded at ``place`` is not serialized again, and an unchanged channel not passed is
+        carried from there when that was the parent."""
         given = checkpoint["channel_values"]
+        with self._blobs_lock:
+            last_id, known = self._blobs.get(place, (None, {}))
+        from_parent = parent_id is not None and last_id == parent_id
         values: dict[str, tuple[str, bytes]] = {}
         carry: builtins.list[str] = []
-        for channel in checkpoint["channel_versions"]:
+        for channel, version in checkpoint["channel_versions"].items():
+            seen = known.get(channel)
+            same = seen is not None and seen[0] == version
             if channel in given:
-                values[channel] = _typed(self.serde.dumps_typed(given[channel]))
+                value = given[channel]
+                values[channel] = (seen[2] if same and seen[1] is value  # type: ignore[index]
+                                   else _typed(self.serde.dumps_typed(value)))
             elif channel not in new_versions:
-                carry.append(channel)
+                if not from_parent:
+                    carry.append(channel)
+                elif same:  # ``known`` is all the parent holds: nothing else to carry
+                    values[channel] = seen[2]  # type: ignore[index]
         return values, carry
+
+    def _remember(self, place: tuple[str, str], checkpoint_id: str,
+                  versions: Mapping[str, Any], objects: Mapping[str, Any],
+                  values: Mapping[str, tuple[str, bytes]]) -> None:
+        """Keep the serialized channel values of the checkpoint just written or loaded at
+        ``place`` with the objects they came from (see :meth:`_values`)."""
+        entry = {channel: (versions[channel], objects.get(channel, _CARRIED), value)
+                 for channel, value in values.items() if channel in versions}
+        with self._blobs_lock:
+            self._blobs.pop(place, None)
+            self._blobs[place] = (checkpoint_id, entry)
+            while len(self._blobs) > _BLOB_PLACES:
+                self._blobs.popitem(last=False)
 
     def _record(
         self,
@@ -721,16 +771,26 @@ class Checkpointer(BaseCheckpointSaver[int]):
         replace = bool(items) and all(channel in WRITES_IDX_MAP for channel, _ in writes)
         return thread_id, namespace, checkpoint_id, items, replace
 
-    def _tuple(self, stored: Checkpoint, writes: Sequence[PendingWrite]) -> CheckpointTuple:
+    def _tuple(self, stored: Checkpoint, writes: Sequence[PendingWrite],
+               resumed: bool = False) -> CheckpointTuple:
+        """The LangGraph tuple of a stored checkpoint; ``resumed``: the graph is likely to
+        continue from it, so its channel values are remembered as serialized (see
+        :meth:`_values`)."""
         state = stored.state
         thread_id, namespace, checkpoint_id = stored.thread_id, stored.namespace, _id(stored)
+        versions = dict(state["channel_versions"])
+        values = {channel: self.serde.loads_typed(value)
+                  for channel, value in state["channel_values"].items()}
+        if resumed:
+            self._remember((thread_id, namespace), checkpoint_id, versions, values,
+                           {channel: _typed(tuple(value))
+                            for channel, value in state["channel_values"].items()})
         checkpoint: dict[str, Any] = {
             "v": state["v"],
             "id": checkpoint_id,
             "ts": state["ts"],
-            "channel_values": {channel: self.serde.loads_typed(value)
-                               for channel, value in state["channel_values"].items()},
-            "channel_versions": dict(state["channel_versions"]),
+            "channel_values": values,
+            "channel_versions": versions,
             "versions_seen": {node: dict(seen)
                               for node, seen in state["versions_seen"].items()},
             "updated_channels": state["updated_channels"],

@@ -891,9 +891,13 @@ class FileSystemSaver(BaseSaver):
         the new file. A thread left with nothing is removed."""
         index = tf.index
         assert index is not None
-        kept = [e for e in index.live_entries() if not drop(e.stored.namespace, e.stored.id)]
-        writes = [w for w in index.live_writes()
-                  if not drop(w.write.namespace, w.write.checkpoint_id)]
+        live, live_writes = index.live_entries(), index.live_writes()
+        kept = [e for e in live if not drop(e.stored.namespace, e.stored.id)]
+        writes = [w for w in live_writes if not drop(w.write.namespace, w.write.checkpoint_id)]
+        # Only replaced frames go: the index stays true once its offsets are moved, so the
+        # new file need not be scanned again (a scan parses every envelope in Python).
+        remap = len(kept) == len(live) and len(writes) == len(live_writes) and not index.damage
+        moves: list[tuple[Entry | WriteEntry, int]] = []
         directory = os.path.dirname(tf.path)
         if not kept and not writes and not index.versions:
             os.unlink(tf.path)
@@ -911,9 +915,9 @@ class FileSystemSaver(BaseSaver):
             header = fmt.file_header(fmt.THREAD_MAGIC, tf.thread_id)
             at = _write_all(fd, [header], 0)
             for version in sorted(index.versions):
-                at = self._copy_frames(old, fd, index.versions[version], at)
+                at = self._copy_frames(old, fd, index.versions[version], at, moves)
                 at += _write_all(fd, [fmt.release_frame(version)], at)
-            at = self._copy_frames(old, fd, [*kept, *writes], at)
+            at = self._copy_frames(old, fd, [*kept, *writes], at, moves)
             _sync_file(fd)  # always: a rename of an unsynced file may leave it empty
             os.replace(tmp, tf.path)
         except BaseException:
@@ -930,6 +934,15 @@ class FileSystemSaver(BaseSaver):
         st = os.fstat(fd)
         tf.handle = handle
         tf.ino = (st.st_dev, st.st_ino)
+        if remap:
+            for span, offset in moves:
+                span.payload_at += offset - span.offset
+                span.offset = offset
+            index.end = tf.seen_size = at
+            index.dead = 0
+            index.release_frames = len(index.versions)
+            tf.index = index
+            return
         tf.index = Index(tf.thread_id, len(header), len(header))
         tf.seen_size = len(header)
         self._scan(tf, at)
@@ -944,15 +957,18 @@ class FileSystemSaver(BaseSaver):
             _log.warning("%s", exc)
 
     def _copy_frames(self, src: int, dst: int, spans: Sequence[Entry | WriteEntry],
-                     at: int) -> int:
-        """Copy whole frames, in file order, neighbours in one go; returns the new end."""
+                     at: int, moves: list[tuple[Entry | WriteEntry, int]]) -> int:
+        """Copy whole frames, in file order, neighbours in one go; returns the new end and
+        adds each frame's new offset to ``moves``."""
         ordered = sorted(spans, key=lambda s: s.offset)
         i = 0
         while i < len(ordered):
             start = ordered[i].offset
             stop = start + ordered[i].size
+            moves.append((ordered[i], at))
             i += 1
             while i < len(ordered) and ordered[i].offset == stop:
+                moves.append((ordered[i], at + stop - start))
                 stop += ordered[i].size
                 i += 1
             _copy_range(src, dst, start, stop - start, at)

@@ -282,3 +282,49 @@ def test_11_3_default_serializer_is_strict_and_allowed_types_add_more() -> None:
         Checkpointer(saver, serde=JsonPlusSerializer(), allowed_types=[Note])
     with pytest.raises(TypeError, match="allowed_types"):
         strict_serde(["Note"])  # type: ignore[list-item]
+
+
+def test_unchanged_channels_are_not_serialized_again_and_never_go_stale() -> None:
+    """The Checkpointer reuses a channel's serialized value when the version and the very
+    object are those it last wrote or loaded there; any other value is serialized afresh
+    (a fork may reuse a version number with another value), and carried channels come
+    from the parent only."""
+    saver = Checkpointer(MemorySaver())
+    dumped: list[Any] = []
+    dumps = saver.serde.dumps_typed
+
+    def counting(value: Any) -> Any:
+        dumped.append(value)
+        return dumps(value)
+
+    saver.serde.dumps_typed = counting  # type: ignore[method-assign]
+    thread = config("cache")
+    x, y = ["x"], ["y"]
+
+    def put(parent: Any, cid: str, values: dict[str, Any], versions: dict[str, int],
+            new: dict[str, int]) -> Any:
+        checkpoint = {"v": 1, "id": cid, "ts": "2026-12-06T00:00:00+00:00",
+                      "channel_values": values, "channel_versions": versions,
+                      "versions_seen": {}, "updated_channels": None}
+        return saver.put(parent, checkpoint, {"step": 0}, new)  # type: ignore[arg-type]
+
+    def stored(cfg: Any) -> dict[str, Any]:
+        got = saver.get_tuple(cfg)
+        assert got is not None
+        return dict(got.checkpoint["channel_values"])
+
+    a = put(thread, "1f0-a", {"m": x, "s": "go"}, {"m": 1, "s": 1}, {"m": 1, "s": 1})
+    b = put(a, "1f0-b", {"m": x}, {"m": 1, "s": 1}, {})  # m unchanged, s carried
+    assert [v for v in dumped if v in (x, "go")] == [x, "go"]  # x serialized once
+    assert stored(b) == {"m": ["x"], "s": "go"}
+    dumped.clear()
+    # the same version with another object (a fork's version numbers repeat): new bytes
+    c = put(a, "1f0-c", {"m": y}, {"m": 1, "s": 1}, {})
+    assert dumped == [y] and stored(c) == {"m": ["y"], "s": "go"}
+    # the object mutated in place under a new version: new bytes
+    y.append("z")
+    d = put(c, "1f0-d", {"m": y}, {"m": 2, "s": 1}, {"m": 2})
+    assert stored(d) == {"m": ["y", "z"], "s": "go"}
+    # a parent this checkpointer did not write last: the carried value is read from it
+    e = put(b, "1f0-e", {}, {"m": 1, "s": 1}, {})
+    assert stored(e) == {"m": ["x"], "s": "go"}

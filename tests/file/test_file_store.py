@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import errno
 import os
+import random
 import shutil
 import struct
 import subprocess
@@ -320,6 +321,42 @@ def test_replaced_frames_are_reclaimed(tmp_path: Path) -> None:
                          replace=True)
     assert os.path.getsize(saver.thread_path("t")) < 3 << 20
     assert saver.get_writes("t", [str(put.id)])[str(put.id)][0].value.endswith("599")
+
+
+def test_an_index_moved_by_a_compaction_equals_a_fresh_scan(tmp_path: Path) -> None:
+    """A compaction that only drops replaced frames moves the index's offsets instead of
+    scanning the new file: it must describe the file exactly as a scan from nothing does."""
+    saver = FileSystemSaver(tmp_path, durability="os")
+    compactions = 0
+
+    def counted(*args: Any) -> None:
+        nonlocal compactions
+        compactions += 1
+        compact(*args)
+
+    compact, saver._compact = saver._compact, counted  # type: ignore[method-assign]
+    rng = random.Random(7)
+    notes: list[str] = []
+    for turn in range(200):  # keyframes rewritten as reverse records leave dead frames
+        notes = [*notes, f"{rng.getrandbits(800):x}"]
+        put = saver.put(Checkpoint("t", {"notes": notes}))
+        saver.put_writes("t", str(put.id), [PendingWrite("t", 0, "c", turn)])
+        if turn == 120:
+            saver.release("t")
+    assert compactions >= 3
+    tf = saver._file("t")
+    with tf.mutex:
+        moved = saver._reading(tf)
+    assert moved is not None and moved.dead < 32 << 10
+    fresh = FileSystemSaver(tmp_path, durability="os")
+    tf2 = fresh._file("t")
+    with tf2.mutex:
+        scanned = fresh._reading(tf2)
+    assert scanned is not None
+    assert (moved.end, moved.dead, moved.release_frames) == (
+        scanned.end, scanned.dead, scanned.release_frames)
+    assert moved.spaces == scanned.spaces and moved.versions == scanned.versions
+    assert [c.state for c in saver.list("t")] == [c.state for c in fresh.list("t")]
 
 
 # -- list_threads reads the registry only ----------------------------------------------
