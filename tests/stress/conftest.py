@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import mongo_harness
 import pytest
+import redis_harness
 from stress_support import SharedStore
 
-SHARED = ["mongo_nx", "file"]
+SHARED = ["mongo_nx", "file", "redis", "redis_cluster"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -61,3 +62,28 @@ def shared_file(tmp_path_factory: pytest.TempPathFactory) -> SharedStore:
     code = ("from savegame.savers import FileSystemSaver\n"
             "saver = FileSystemSaver(params['path'])\n")
     return SharedStore("file", code, {"path": path}, lambda: FileSystemSaver(path))
+
+
+def _shared_redis(name: str, where: redis_harness.Deployment) -> SharedStore:
+    from savegame.savers import RedisSaver
+
+    prefix = redis_harness.fresh_prefix()
+    params = {"url": where.url, "cluster": where.is_cluster, "prefix": prefix,
+              "chunk_bytes": 64 << 10}  # the big states of the crash test are chunked
+    code = ("from savegame.savers import RedisSaver\n"
+            "saver = RedisSaver.from_uri(params['url'], cluster=params['cluster'], "
+            "key_prefix=params['prefix'], chunk_bytes=params['chunk_bytes'])\n")
+    store = SharedStore(name, code, params, lambda: RedisSaver(
+        where.client, key_prefix=prefix, chunk_bytes=64 << 10))
+    store.cleanup.append(lambda: where.drop(prefix))
+    return store
+
+
+@pytest.fixture
+def shared_redis(redis_single: redis_harness.Deployment) -> SharedStore:
+    return _shared_redis("redis", redis_single)
+
+
+@pytest.fixture
+def shared_redis_cluster(redis_cluster: redis_harness.Deployment) -> SharedStore:
+    return _shared_redis("redis_cluster", redis_cluster)
