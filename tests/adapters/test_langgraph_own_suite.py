@@ -10,12 +10,12 @@ or Redis), once per configuration, all at the same time:
 
 - ``default:inmemory``, ``strict:inmemory``: LangGraph's own checkpointers, the baseline
   (``strict`` = ``LANGGRAPH_STRICT_MSGPACK=true``, LangGraph's strict serializer mode);
-- ``default:memory``, ``default:mongomock``, ``default:file``, ``strict:memory``:
-  savegame's ``Checkpointer`` over ``MemorySaver``, over ``MongoSaver`` on mongomock and
-  over ``FileSystemSaver`` in a fresh directory, wherever their suite makes an in-memory
-  checkpointer (their checkpointer fixtures and their own ``InMemorySaver()``). (The Redis
-  savers run the LangGraph graph suite and LangGraph's conformance kit instead: this tier's
-  subprocesses start no servers.)
+- ``default:memory``, ``default:mongomock``, ``default:file``, ``default:redis``,
+  ``strict:memory``: savegame's ``Checkpointer`` over ``MemorySaver``, over ``MongoSaver``
+  on mongomock, over ``FileSystemSaver`` in a fresh directory and over ``RedisSaver`` on
+  the test session's redis-server (a fresh key prefix per checkpointer), wherever their
+  suite makes an in-memory checkpointer (their checkpointer fixtures and their own
+  ``InMemorySaver()``).
 
 Every test must end the same way (passed, failed, skipped, xfailed...) as in the baseline
 of the same mode, except the tests listed with a reason in
@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,13 +49,13 @@ SUITE = HERE / "langgraph_suite"
 EXCLUSIONS = SUITE / "exclusions.txt"
 #: (mode, backend) runs; each savegame run is compared with the inmemory run of its mode.
 RUNS = [("default", "inmemory"), ("default", "memory"), ("default", "mongomock"),
-        ("default", "file"),
+        ("default", "file"), ("default", "redis"),
         ("strict", "inmemory"), ("strict", "memory")]
 #: Modules their conftest and tests import (the 'test' dependency group of langgraph).
 TEST_DEPENDENCIES = ["syrupy", "pytest_mock", "redis", "psycopg", "psycopg_pool",
                      "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres",
                      "Crypto", "mongomock"]
-RUN_TIMEOUT = 280
+RUN_TIMEOUT = 420
 
 
 def cache_dir() -> Path:
@@ -111,9 +112,10 @@ def read_exclusions() -> list[Exclusion]:
     return out
 
 
-def start(source: Path, mode: str, backend: str, report: Path) -> subprocess.Popen[str]:
+def start(source: Path, mode: str, backend: str, report: Path, redis_url: str
+          ) -> subprocess.Popen[str]:
     env = {**os.environ, "NO_DOCKER": "true", "SAVEGAME_LG_BACKEND": backend,
-           "SAVEGAME_LG_REPORT": str(report),
+           "SAVEGAME_LG_REPORT": str(report), "SAVEGAME_LG_REDIS_URL": redis_url,
            "PYTHONPATH": os.pathsep.join([str(SUITE), str(HERE.parent)])}
     env.pop("LANGGRAPH_STRICT_MSGPACK", None)
     if mode == "strict":
@@ -124,14 +126,15 @@ def start(source: Path, mode: str, backend: str, report: Path) -> subprocess.Pop
         cwd=source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_langgraph_own_suite_matches_inmemorysaver(tmp_path: Path) -> None:
+def test_langgraph_own_suite_matches_inmemorysaver(tmp_path: Path, redis_single: Any) -> None:
     missing = [name for name in TEST_DEPENDENCIES if importlib.util.find_spec(name) is None]
     assert not missing, (f"LangGraph's test dependencies are missing: {missing}; "
                          "install them with: pip install -e '.[dev]'")
     version = importlib.metadata.version("langgraph")
     source = langgraph_sources(version)
     began = time.monotonic()
-    procs = {(mode, backend): start(source, mode, backend, tmp_path / f"{mode}-{backend}.json")
+    procs = {(mode, backend): start(source, mode, backend, tmp_path / f"{mode}-{backend}.json",
+                                    redis_single.url)
              for mode, backend in RUNS}
     logs = {}
     for key, proc in procs.items():

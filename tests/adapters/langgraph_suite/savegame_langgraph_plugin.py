@@ -5,8 +5,10 @@ pytest process whose working directory is the unpacked ``langgraph`` source dist
 (``NO_DOCKER=true``: no Postgres, no Redis). Environment:
 
 - ``SAVEGAME_LG_BACKEND``: ``inmemory`` (LangGraph's own checkpointers, the baseline),
-  ``memory`` (savegame ``Checkpointer(MemorySaver())``) or ``mongomock``
-  (``Checkpointer(MongoSaver(mongomock client))``);
+  ``memory`` (savegame ``Checkpointer(MemorySaver())``), ``mongomock``
+  (``Checkpointer(MongoSaver(mongomock client))``), ``file`` (``FileSystemSaver`` in a new
+  directory) or ``redis`` (``RedisSaver`` with a new key prefix on the redis-server at
+  ``SAVEGAME_LG_REDIS_URL``, which the orchestrator starts);
 - ``SAVEGAME_LG_REPORT``: where to write ``{node id: outcome}`` as JSON.
 
 What it changes (nothing for the baseline):
@@ -62,6 +64,16 @@ def _new_saver() -> Any:
         from savegame.savers import FileSystemSaver
 
         return FileSystemSaver(tempfile.mkdtemp(prefix="savegame-lg-suite-"), durability="os")
+    if BACKEND == "redis":
+        import secrets
+
+        import redis
+
+        from savegame.savers import RedisSaver
+
+        client = redis.Redis.from_url(os.environ["SAVEGAME_LG_REDIS_URL"])
+        # not uuid4: some of their tests patch it to a deterministic sequence
+        return RedisSaver(client, key_prefix=f"lgsuite-{secrets.token_hex(6)}")
     raise ValueError(f"unknown SAVEGAME_LG_BACKEND {BACKEND!r}")
 
 
