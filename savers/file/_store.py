@@ -1312,12 +1312,26 @@ class FileSystemSaver(BaseSaver):
 
     def storage_bytes(self) -> int:
         """Bytes of every file of the store (thread files and registry), as ``st_size``."""
-        total = 0
+        return self._disk()[1]
+
+    def _disk(self) -> tuple[int, int, int]:
+        """Files, their bytes (``st_size``) and their allocated bytes."""
+        files = size = allocated = 0
         for directory, _, names in os.walk(self._root):
             for name in names:
                 with contextlib.suppress(FileNotFoundError):
-                    total += os.stat(os.path.join(directory, name)).st_size
-        return total
+                    st = os.stat(os.path.join(directory, name))
+                    files += 1
+                    size += st.st_size
+                    allocated += getattr(st, "st_blocks", 0) * 512
+        return files, size, allocated
+
+    def storage_details(self) -> dict[str, Any]:
+        """Files and bytes on disk, for ``savegame stats``."""
+        files, size, allocated = self._disk()
+        return {"backend": "file", "path": str(self._root), "durability": self.durability,
+                "threads": len(self.list_threads()), "files": files, "bytes on disk": size,
+                "allocated bytes": allocated}
 
 
 def _writable(fd: int) -> bool:

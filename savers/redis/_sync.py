@@ -597,6 +597,19 @@ class RedisSaver(BaseSaver):
         return int(self._run_script("orphans", self._keys(thread_id), [cutoff],
                                           f"collect orphaned pieces of thread {thread_id!r}"))
 
+    def storage_details(self) -> dict[str, Any]:
+        """Threads, keys and the memory they use (``MEMORY USAGE``), for ``savegame
+        stats``: the registry names the threads, so no ``SCAN`` or ``KEYS``."""
+        threads = self.list_threads()
+        keys = memory = 0
+        for thread_id in threads:
+            for key in self._keys(thread_id).keys:
+                used = self._command("measure memory", "memory_usage", key, 0)
+                keys += used is not None
+                memory += int(used or 0)
+        return {"backend": "redis", "key prefix": self.key_prefix, "threads": len(threads),
+                "keys": keys, "memory usage": memory}
+
     def memory_usage(self, thread_id: str) -> int:
         """Bytes Redis uses for the thread's keys (``MEMORY USAGE`` summed)."""
         total = 0

@@ -28,6 +28,7 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     (r"\baclose\b", "close"),
     (r"\bamemory_usage\b", "memory_usage"),
     (r"\bacollect_orphans\b", "collect_orphans"),
+    (r"\balist_threads\b", "list_threads"),
     (r"^_IS_SYNC = False$", "_IS_SYNC = True"),
 )
 

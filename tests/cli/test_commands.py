@@ -1,6 +1,7 @@
 """Every ``savegame`` command through the installed console script, against a memory store
-(``memory://?load=ARCHIVE``: a store that lives as long as the command) and MongoDB
-(nx-27017): exit codes, ``--json`` output parsed, one-line errors on stderr."""
+(``memory://?load=ARCHIVE``: a store that lives as long as the command), MongoDB
+(nx-27017), the file store and Redis (the session's redis-server): exit codes, ``--json``
+output parsed, one-line errors on stderr."""
 
 from __future__ import annotations
 
@@ -69,16 +70,29 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
     return path, info
 
 
-@pytest.fixture(params=["memory", "mongodb"])
-def store(request: pytest.FixtureRequest, archive: tuple[Path, dict[str, Any]]
-          ) -> Iterator[tuple[str, dict[str, Any]]]:
+#: The Redis database the CLI tests use (emptied before each): the CLI takes a bare URI.
+REDIS_DB = 7
+
+
+@pytest.fixture(params=["memory", "mongodb", "file", "redis"])
+def store(request: pytest.FixtureRequest, archive: tuple[Path, dict[str, Any]],
+          tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """A store URI holding the data of :func:`populate`, and the ids it made."""
     path, info = archive
     if request.param == "memory":
         yield f"memory://?load={path}", info
         return
-    nx_uri = request.getfixturevalue("nx_uri")
-    uri = db_uri(nx_uri, f"cli_{next(_db)}")
+    if request.param == "mongodb":
+        uri = db_uri(request.getfixturevalue("nx_uri"), f"cli_{next(_db)}")
+    elif request.param == "file":
+        uri = f"file://{tmp_path / 'store'}"
+    else:
+        import redis
+
+        port = request.getfixturevalue("redis_single").nodes[0].port
+        with redis.Redis(port=port, db=REDIS_DB) as client:
+            client.flushdb()
+        uri = f"redis://127.0.0.1:{port}/{REDIS_DB}"
     with open_saver(uri) as saver:
         yield uri, populate(saver)
 
@@ -156,10 +170,17 @@ def test_verify_and_stats(store: tuple[str, dict[str, Any]]) -> None:
     stats = as_json("stats", "-s", uri)
     assert stats["checkpoints"] == 15 and stats["keyframes"] + stats["deltas"] == 15
     assert stats["raw_bytes"] > stats["stored_bytes"] > 0 and stats["compression_ratio"] > 1
-    backend = stats["backend"]["backend"]
-    assert backend == ("memory" if uri.startswith("memory") else "mongodb")
+    details = stats["backend"]
+    backend = details["backend"]
+    assert backend == uri.split(":", 1)[0]
     if backend == "mongodb":
-        assert stats["backend"]["checkpoints"]["documents"] == 15
+        assert details["checkpoints"]["documents"] == 15
+    elif backend == "file":  # three thread files and the registry
+        assert details["threads"] == 3 and details["files"] == 4
+        assert details["bytes on disk"] > stats["stored_bytes"]
+    elif backend == "redis":  # each thread: meta, checkpoints (writes in their values)
+        assert details["threads"] == 3 and details["keys"] >= 6
+        assert details["memory usage"] > stats["stored_bytes"]
     assert "compression (raw / stored)" in ok("stats", "-s", uri).stdout
 
 
