@@ -22,6 +22,7 @@ $(VENV)/.dev: $(VENV)/.core
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/chat.py
+	$(BIN)/python benchmarks/plot.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check savers adapters tests benchmarks
