@@ -302,6 +302,12 @@ def _space_of(checkpoint: object) -> tuple[str, str] | None:
     return None
 
 
+#: States smaller than this stay whole when a newer keyframe comes: their keyframes are as
+#: small as a reverse record would be (tiny states are all keyframes: a delta is no smaller),
+#: and rewriting them would cost a read and a write per put for nothing.
+_REVERSE_MIN_RAW = 1024
+
+
 class BaseSaver:
     """Public methods of every saver, sync and async, over a few IO primitives.
 
@@ -699,7 +705,7 @@ class BaseSaver:
         written = _Known(raw, encoded.header, stored, time.monotonic())
         self._cache.put((thread_id, namespace, stored.id), written)
         if (encoded.header.is_keyframe and parent is not None and self.policy.reverse
-                and self._reverse_allowed()):
+                and len(raw) >= _REVERSE_MIN_RAW and self._reverse_allowed()):
             yield from self._reverse_older_masters(parent, written)
         return stored.to_checkpoint(checkpoint.state)
 

@@ -304,12 +304,12 @@ def test_a_new_master_rewrites_older_ones_in_two_commands(
     reads back exactly, and a cold read walks few records."""
     saver, commands = counted
     saver.policy = KeyframePolicy(max_chain=3)
-    previous = saver.put(Checkpoint("t", {"n": 0, "log": list(range(300))}))
+    previous = saver.put(Checkpoint("t", {"n": 0, "log": list(range(600))}))
     puts = [previous]
     commands.take()
     seen = set()
     for i in range(1, 60):
-        previous = saver.put(Checkpoint("t", {"n": i, "log": list(range(300 + i))},
+        previous = saver.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))},
                                         parent_id=previous.id))
         puts.append(previous)
         names = commands.take()
@@ -321,7 +321,7 @@ def test_a_new_master_rewrites_older_ones_in_two_commands(
     assert sum(1 for d in masters if "base" not in d) == 1  # only the newest is whole
     saver._cache.clear()
     for i, put in enumerate(puts):
-        assert saver.get("t", put.id).state["log"] == list(range(300 + i))
+        assert saver.get("t", put.id).state["log"] == list(range(600 + i))
 
 
 @pytest.mark.parametrize("tier", ["mongomock", "mongomock_motor"])
@@ -754,11 +754,11 @@ def test_with_a_ttl_keyframes_stay_whole() -> None:
     the newer keyframe a reverse record needs, so with a ttl none is written."""
     saver = mongo_harness.mongomock_saver(ttl=3600, policy=KeyframePolicy(max_chain=2))
     for i in range(10):
-        saver.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+        saver.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
     masters = list(saver._checkpoints.find({"thread_id": "t", "depth": 1}))
     assert len(masters) >= 4 and all("base" not in doc for doc in masters)
     untimed = mongo_harness.mongomock_saver(policy=KeyframePolicy(max_chain=2))
     for i in range(10):
-        untimed.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+        untimed.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
     masters = list(untimed._checkpoints.find({"thread_id": "t", "depth": 1}))
     assert sum("base" not in doc for doc in masters) == 1

@@ -19,7 +19,7 @@ class FailingRewrites(MemorySaver):
 def test_a_failed_rewrite_keeps_the_put_and_is_logged(caplog: pytest.LogCaptureFixture):
     saver = FailingRewrites(policy=KeyframePolicy(max_chain=2))
     with caplog.at_level(logging.WARNING, logger="savegame.savers"):
-        puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+        puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
                 for i in range(6)]
     assert [p.step for p in puts] == list(range(6))
     assert "older keyframes left whole" in caplog.text and "disk on fire" in caplog.text
@@ -33,7 +33,7 @@ def test_a_failed_rewrite_keeps_the_put_and_is_logged(caplog: pytest.LogCaptureF
 
 def test_rewrites_keep_every_checkpoint_readable_and_only_the_newest_whole():
     saver = MemorySaver(policy=KeyframePolicy(max_chain=2))
-    puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(100 + i))}))
+    puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
             for i in range(40)]
     items = saver._threads["t"][""].items.values()
     whole = [item for item in items if item.depth == 1 and item.base_id is None]
@@ -41,4 +41,4 @@ def test_rewrites_keep_every_checkpoint_readable_and_only_the_newest_whole():
                                                     if item.depth == 1)
     saver._cache.clear()
     for i, put in enumerate(puts):
-        assert saver.get("t", put.id).state["log"] == list(range(100 + i))
+        assert saver.get("t", put.id).state["log"] == list(range(600 + i))
