@@ -5,7 +5,7 @@ value and script call here, so the two read and write exactly the same layout.
 
 Keys of one thread (``P`` = the saver's ``key_prefix``, ``T`` = the thread's tag)::
 
-    P:{T}:m   hash   the thread's meta: ``t`` thread id, ``l`` layout version, ``h<ns>`` =
+    P:{T}:m   hash   the thread's meta: ``t`` thread id, ``l`` layout it was made with, ``h<ns>`` =
                      "<seq>:<id>" of each namespace's latest checkpoint, ``rv`` the last
                      released version, ``rt`` "<token>:<version>" of the last release,
                      ``V<n>`` = number of checkpoints released as version n
@@ -31,15 +31,19 @@ Checkpoint value: a concatenation of msgpack objects (Lua reads the first ones w
 
     fmt  seq  step  depth  ts  parent  kf  base  node  next  meta  record  [writes]
 
-``ts`` is created_at in ms since 1970 (6 bytes, big-endian), ``kf`` is nil when the
-checkpoint is its own keyframe, ``base`` nil (keyframe), true (the parent) or an id; ids
-that are canonical lowercase UUIDs (what LangGraph and savegame make) are stored as 0xff +
-their 16 bytes; ``meta`` the metadata, a msgpack map (nil when empty); ``record`` the
-record bytes, or ``[token, n, size]`` when the record is split into ``n`` pieces in ``x``
-(written before the value that refers to them, so a reader never sees half a record);
-``writes`` the checkpoint's pending writes, a msgpack array of ``[task, index, channel,
-path, record]``. Text and bytes are both msgpack raw strings (Redis's cmsgpack has no bin
-type).
+``fmt`` is the layout (2; values of layout 1 still read). ``ts`` is created_at: ms after
+the clock inside the checkpoint's id (an int, usually one byte) when the id is a UUIDv6
+(LangGraph's) or v7 (savegame's), else ms since 1970 as 6 big-endian bytes (always, in
+layout 1). ``kf`` is nil when the checkpoint is its own keyframe, ``base`` nil (keyframe),
+true (the parent) or an id; ids that are canonical lowercase UUIDs are stored as 0xff +
+their 16 bytes; ``meta`` the metadata, a msgpack map with its names packed by
+``known_text`` (``source`` is one byte; layout 1: the map's msgpack bytes, names as text),
+nil when empty; ``record`` the record bytes, or ``[token, n, size]`` when the record is
+split into ``n`` pieces in ``x`` (written before the value that refers to them, so a reader
+never sees half a record); ``writes`` the checkpoint's pending writes, a msgpack array of
+``[task, index, channel, path, record]``, channel and path packed by ``known_text`` (text
+that never held a packed name reads as itself). Text and bytes are both msgpack raw strings
+(Redis's cmsgpack has no bin type).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import msgpack
 
 from ..base import StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
+from ..known_text import pack_names, pack_text, unpack_names, unpack_text
 
 __all__ = [
     "CHUNK_BYTES",
@@ -70,7 +75,9 @@ __all__ = [
     "unpack_checkpoint",
 ]
 
-LAYOUT_VERSION = 1
+#: 2: known names packed (``known_text``), metadata inline, ``ts`` relative to the id's
+#: clock; layout 1 values still read.
+LAYOUT_VERSION = 2
 #: Records longer than this are split into pieces of at most this size (Redis values may
 #: hold 512 MB; a few MiB keeps every command small and every script's copy cheap).
 CHUNK_BYTES = 4 << 20
@@ -226,30 +233,54 @@ def _opt_text(data: bytes | None) -> str | None:
     return None if data is None else _text(data)
 
 
-def pack_metadata(metadata: Mapping[str, Any] | None) -> bytes | None:
-    """Metadata as msgpack (JSON-like values: types kept exactly, 64-bit ints included)."""
-    if not metadata:
-        return None
-    return _packb(dict(metadata))
+def metadata_object(metadata: Mapping[str, Any] | None) -> Any:
+    """Metadata as stored inside a value: a map with its names packed (JSON-like values:
+    types kept exactly, 64-bit ints included), nil when empty."""
+    return pack_names(dict(metadata)) if metadata else None
 
 
-def _texts(value: Any) -> Any:
-    """A msgpack value read with ``raw=True``, its raw strings decoded (metadata holds no
-    bytes, so every raw string is text)."""
-    if isinstance(value, bytes):
-        return _text(value)
-    if isinstance(value, list):
-        return [_texts(item) for item in value]
-    if isinstance(value, dict):
-        return {_text(key): _texts(item) for key, item in value.items()}
-    return value
-
-
-def unpack_metadata(data: bytes | None) -> dict[str, Any]:
+def unpack_metadata(data: Any) -> dict[str, Any]:
+    """The metadata of a value: inline (layout 2) or msgpack bytes (layout 1)."""
     if data is None:
         return {}
-    out: dict[str, Any] = _texts(msgpack.unpackb(data, raw=True))
+    if isinstance(data, bytes):
+        data = msgpack.unpackb(data, raw=True)
+    if not isinstance(data, dict):
+        raise ValueError("the metadata is not a map")
+    out: dict[str, Any] = unpack_names(data)
     return out
+
+
+_UUID_EPOCH_100NS = 0x01B21DD213814000  # 1582-10-15 to 1970-01-01, in 100 ns
+
+
+def id_clock_ms(identifier: str) -> int | None:
+    """The time (ms since 1970) inside a canonical UUIDv6 or v7 id, else None."""
+    if len(identifier) != 36 or identifier[14] not in "67" or not _UUID.fullmatch(identifier):
+        return None
+    digits = identifier.replace("-", "")
+    if identifier[14] == "7":
+        return int(digits[:12], 16)
+    ticks = (int(digits[:12], 16) << 12) | int(digits[13:16], 16)
+    return (ticks - _UUID_EPOCH_100NS) // 10_000
+
+
+def _pack_ts(checkpoint_id: str, created_at: dt.datetime) -> Any:
+    """created_at as ms after the id's own clock (a byte or two) when the id has one."""
+    at = ms(created_at)
+    clock = id_clock_ms(checkpoint_id)
+    if clock is not None and abs(at - clock) < 1 << 31:
+        return at - clock
+    return at.to_bytes(6, "big", signed=True)
+
+
+def _unpack_ts(checkpoint_id: str, ts: Any) -> dt.datetime:
+    if isinstance(ts, int):
+        clock = id_clock_ms(checkpoint_id)
+        if clock is None:
+            raise ValueError("the time is relative to an id without a clock")
+        return from_ms(clock + ts)
+    return from_ms(int.from_bytes(ts, "big", signed=True))
 
 
 def pack_checkpoint(stored: StoredCheckpoint, chunked: tuple[str, int, int] | None) -> bytes:
@@ -261,10 +292,9 @@ def pack_checkpoint(stored: StoredCheckpoint, chunked: tuple[str, int, int] | No
     record: Any = list(chunked) if chunked is not None else stored.record
     return b"".join(_packb(item) for item in (
         LAYOUT_VERSION, stored.seq, stored.step, stored.depth,
-        ms(stored.created_at).to_bytes(6, "big", signed=True),
-        _opt_ref(stored.parent_id),
+        _pack_ts(stored.id, stored.created_at), _opt_ref(stored.parent_id),
         None if stored.keyframe_id == stored.id else ref(stored.keyframe_id),
-        base, stored.node_id, stored.next_node_id, pack_metadata(stored.metadata), record,
+        base, stored.node_id, stored.next_node_id, metadata_object(stored.metadata), record,
     ))
 
 
@@ -303,13 +333,14 @@ def unpack_checkpoint(thread_id: str, namespace: str, checkpoint_id: str,
     parent_id = _opt_unref(parent)
     try:
         metadata = unpack_metadata(meta)
-    except ValueError as exc:
-        raise CorruptCheckpointError(f"cannot parse the stored metadata: {exc}",
+        created_at = _unpack_ts(checkpoint_id, ts)
+    except (ValueError, TypeError) as exc:
+        raise CorruptCheckpointError(f"cannot parse the stored metadata or time: {exc}",
                                      **where) from None
     stored = StoredCheckpoint(
         thread_id=thread_id, namespace=namespace, id=checkpoint_id, parent_id=parent_id,
         step=int(step), node_id=_opt_text(node), next_node_id=_opt_text(nxt),
-        metadata=metadata, created_at=from_ms(int.from_bytes(ts, "big", signed=True)),
+        metadata=metadata, created_at=created_at,
         record=bytes(record),
         keyframe_id=checkpoint_id if kf is None else unref(kf),
         base_id=parent_id if base is True else _opt_unref(base), depth=int(depth),
@@ -358,8 +389,8 @@ def pack_writes(writes: Iterable[StoredWrite]) -> bytes:
     path: str | None = None
     for w in writes:
         this = ref(w.task_id)
-        entries.append([False if this == task else this, w.index, w.channel,
-                        False if w.task_path == path else w.task_path, w.record])
+        entries.append([False if this == task else this, w.index, pack_text(w.channel),
+                        False if w.task_path == path else pack_text(w.task_path), w.record])
         task, path = this, w.task_path
     return _packb(entries)
 
@@ -375,7 +406,8 @@ def unpack_writes(thread_id: str, namespace: str, checkpoint_id: str,
             task = task if this is False else this
             path = path if this_path is False else this_path
             out.append(StoredWrite(thread_id, namespace, checkpoint_id, unref(task),
-                                   int(index), _text(channel), _text(path), bytes(record)))
+                                   int(index), unpack_text(channel), unpack_text(path),
+                                   bytes(record)))
         return out
     except Exception as exc:
         raise CorruptCheckpointError(f"cannot parse stored pending writes: {exc}",
@@ -384,7 +416,9 @@ def unpack_writes(thread_id: str, namespace: str, checkpoint_id: str,
 
 
 def metadata_filter(metadata: Mapping[str, Any] | None) -> bytes:
-    return pack_metadata(metadata) or b""
+    """A filter as the read script compares it: packed like stored metadata."""
+    packed = metadata_object(metadata)
+    return b"" if packed is None else _packb(packed)
 
 
 def ttl_ms(seconds: float | None) -> int:
@@ -458,7 +492,7 @@ local function claim(tid)
     return redis.error_reply('SAVEGAME the keys of thread ' .. tid ..
       ' are held by another thread id with the same tag')
   end
-  if not owner then redis.call('HSET', M, 't', tid, 'l', '1') end
+  if not owner then redis.call('HSET', M, 't', tid, 'l', '2') end
   return nil
 end
 local function lo(ns) return '[' .. ns .. '\0' end
@@ -631,10 +665,10 @@ if filter_json ~= '' then filter = cmsgpack.unpack(filter_json) end
 local function candidate(v)
   if filter == nil then return true end
   local t = pack(cmsgpack.unpack_limit(v, 11, 0))
-  local packed = t[12]
-  if packed == nil then return false end
-  local ok, meta = pcall(cmsgpack.unpack, packed)
-  if not ok or type(meta) ~= 'table' then return true end
+  local meta = t[12]
+  if meta == nil then return false end
+  -- layout 1 (metadata as msgpack bytes, names not packed): the client decides
+  if type(meta) ~= 'table' then return true end
   for k, want in pairs(filter) do
     local have = meta[k]
     if have == nil or not same(have, want) then return false end

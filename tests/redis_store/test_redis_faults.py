@@ -182,7 +182,8 @@ def test_maxmemory_noeviction_refuses_cleanly_and_loses_nothing(own: Deployment)
         assert [c.id for c in listed] == [c.id for c in reversed(stored)]
         referenced = set()
         for member in own.client.zrange(keys.records, 0, -1):
-            parsed = _shared.unpack_checkpoint(thread, "", "?", _shared.split_member(member)[2])
+            _, checkpoint_id, value = _shared.split_member(member)
+            parsed = _shared.unpack_checkpoint(thread, "", checkpoint_id, value)
             if parsed.pieces:
                 referenced |= set(_shared.chunk_fields(*parsed.pieces[:2]))
         pieces = {f.decode() for f in own.client.hkeys(keys.chunks)}
