@@ -736,8 +736,12 @@ class BaseSaver:
         others = sorted({member_id for _, member_id in members} - {previous.stored.id})
         lookup: dict[str, StoredCheckpoint] = {}
         if others:
+            # the masters themselves are enough (each is rewritten against ``master`` and
+            # decodes from one cached or listed newer master); a store that can read
+            # records by id says so with ``_read_many``, else their chain groups are read
+            read = "_read_many" if hasattr(self, "_read_many") else "_read_chains"
             try:
-                for item in (yield Call("_read_chains", (thread_id, namespace, others))):
+                for item in (yield Call(read, (thread_id, namespace, others))):
                     lookup[item.id] = item
             except Exception as exc:  # a store error: the put stands, the masters stay whole
                 _log.warning("thread %r: older keyframes left whole (reading them failed: "

@@ -293,6 +293,15 @@ class AsyncMongoSaver(BaseSaver):
             sh.chains_filter(thread_id, namespace, keyframe_ids), batch_size=1000)]
         return await self._complete(docs)
 
+    async def _read_many(
+        self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+    ) -> list[StoredCheckpoint]:
+        """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
+        await self._ensure_setup()
+        docs = [doc async for doc in self._checkpoints.find(
+            sh.ids_filter(thread_id, namespace, checkpoint_ids), batch_size=1000)]
+        return await self._complete(docs)
+
     async def _list(
         self,
         thread_id: str,

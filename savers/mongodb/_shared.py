@@ -480,6 +480,10 @@ def chains_filter(thread_id: str, namespace: str, keyframe_ids: Iterable[str]) -
     return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": sorted(set(keyframe_ids))}}
 
 
+def ids_filter(thread_id: str, namespace: str, checkpoint_ids: Iterable[str]) -> dict[str, Any]:
+    return {"thread_id": thread_id, "ns": namespace, "cid": {"$in": sorted(set(checkpoint_ids))}}
+
+
 def latest_query(thread_id: str, namespace: str, legacy: bool) -> dict[str, Any]:
     """Filter of the latest-checkpoint read (sort: :data:`LATEST_ORDER`). Naming ``seq``
     lets the partial unique index on (thread_id, ns, seq) serve it; a legacy store also

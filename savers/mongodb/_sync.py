@@ -294,6 +294,15 @@ class MongoSaver(BaseSaver):
             sh.chains_filter(thread_id, namespace, keyframe_ids), batch_size=1000)]
         return self._complete(docs)
 
+    def _read_many(
+        self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+    ) -> list[StoredCheckpoint]:
+        """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
+        self._ensure_setup()
+        docs = [doc for doc in self._checkpoints.find(
+            sh.ids_filter(thread_id, namespace, checkpoint_ids), batch_size=1000)]
+        return self._complete(docs)
+
     def _list(
         self,
         thread_id: str,

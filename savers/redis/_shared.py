@@ -754,6 +754,18 @@ end
 return out
 """
 
+# The checkpoints with the given ids (a ZRANGEBYLEX each: no scan). ARGV: ns, ids...
+# Returns id/value pairs of the ones stored.
+_MANY = _PRELUDE + r"""
+local ns = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local m = find(ns, ARGV[i])
+  if m then out[#out + 1] = ARGV[i]; out[#out + 1] = select(2, split(ns, m)) end
+end
+return out
+"""
+
 # Pieces of big records, written before the value that refers to them.
 # ARGV: tid, ttl_ms, field, piece, field, piece...
 _PIECES = _PRELUDE + r"""
@@ -956,9 +968,9 @@ def _script(name: str, source: str) -> Script:
 
 SCRIPTS: dict[str, Script] = {
     name: _script(name, source) for name, source in (
-        ("insert", _INSERT), ("read", _READ), ("chains", _CHAINS), ("pieces", _PIECES),
-        ("writes", _WRITES), ("read_writes", _READ_WRITES), ("replace", _REPLACE),
-        ("delete", _DELETE),
+        ("insert", _INSERT), ("read", _READ), ("chains", _CHAINS), ("many", _MANY),
+        ("pieces", _PIECES), ("writes", _WRITES), ("read_writes", _READ_WRITES),
+        ("replace", _REPLACE), ("delete", _DELETE),
         ("copy_in", _COPY_IN), ("thread", _THREAD), ("archive", _ARCHIVE),
         ("version", _VERSION), ("orphans", _ORPHANS),
     )

@@ -347,6 +347,17 @@ class RedisSaver(BaseSaver):
             f"read record chains of thread {thread_id!r}")
         return self._complete(keys, self._parse(thread_id, namespace, sh.pairs(reply)))
 
+    def _read_many(
+        self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+    ) -> list[StoredCheckpoint]:
+        """The stored checkpoints among ``checkpoint_ids``: one script, a lookup each (the
+        chains script scans the namespace)."""
+        keys = self._keys(thread_id)
+        reply = self._run_script(
+            "many", keys, [sh._utf8(namespace), *(sh._utf8(c) for c in checkpoint_ids)],
+            f"read checkpoints of thread {thread_id!r}")
+        return self._complete(keys, self._parse(thread_id, namespace, sh.pairs(reply)))
+
     def _list(
         self,
         thread_id: str,

@@ -349,6 +349,30 @@ def test_keep_last_drops_whole_old_chains(where: Deployment) -> None:
         assert fresh.get("k").state == chat_state(39)
 
 
+def test_keyframe_puts_read_older_keyframes_by_id_not_by_scanning(where: Deployment) -> None:
+    """A sliding-window state makes most puts keyframes, and each rewrites older ones; the
+    chains script (a scan of the namespace, inside Redis) made such puts O(thread length):
+    36 ms a put at 4,000 checkpoints. They read the keyframes they rewrite by id."""
+    with opened(where) as saver:
+        scripts: list[str] = []
+        run = saver._run_script
+
+        def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            scripts.append(name)
+            return run(name, *args, **kwargs)
+
+        saver._run_script = counted  # type: ignore[method-assign]
+        for j in range(300):
+            saver.put(Checkpoint("w", {"recent": [f"m{j - k} " + "x" * 200 for k in range(10)]}))
+        assert scripts.count("many") > 50 and "chains" not in scripts
+        stored, _ = saver._read_thread("w")
+        whole = [c for c in stored if c.base_id is None]
+        assert len(whole) == 1  # older keyframes were still rewritten against newer ones
+        fresh = RedisSaver(where.client, key_prefix=saver.key_prefix)
+        for item in fresh.list("w"):
+            assert item.state["recent"][0] == f"m{item.step} " + "x" * 200
+
+
 def test_delete_checkpoints_of_the_head_moves_the_latest(saver: RedisSaver) -> None:
     puts = [saver.put(Checkpoint("h", {"i": i})) for i in range(5)]
     saver.delete_checkpoints("h", [puts[-1].id, puts[-2].id])
