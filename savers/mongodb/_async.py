@@ -288,18 +288,17 @@ class AsyncMongoSaver(BaseSaver):
     async def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
-        await self._ensure_setup()
-        docs = [doc async for doc in self._checkpoints.find(
-            sh.chains_filter(thread_id, namespace, keyframe_ids), batch_size=1000)]
-        return await self._complete(docs)
+        return await self._find(sh.chains_filter(thread_id, namespace, keyframe_ids))
 
     async def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
         """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
+        return await self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids))
+
+    async def _find(self, query: dict[str, Any]) -> list[StoredCheckpoint]:
         await self._ensure_setup()
-        docs = [doc async for doc in self._checkpoints.find(
-            sh.ids_filter(thread_id, namespace, checkpoint_ids), batch_size=1000)]
+        docs = [doc async for doc in self._checkpoints.find(query, batch_size=1000)]
         return await self._complete(docs)
 
     async def _list(

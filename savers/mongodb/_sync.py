@@ -289,18 +289,17 @@ class MongoSaver(BaseSaver):
     def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
-        self._ensure_setup()
-        docs = [doc for doc in self._checkpoints.find(
-            sh.chains_filter(thread_id, namespace, keyframe_ids), batch_size=1000)]
-        return self._complete(docs)
+        return self._find(sh.chains_filter(thread_id, namespace, keyframe_ids))
 
     def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
         """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
+        return self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids))
+
+    def _find(self, query: dict[str, Any]) -> list[StoredCheckpoint]:
         self._ensure_setup()
-        docs = [doc for doc in self._checkpoints.find(
-            sh.ids_filter(thread_id, namespace, checkpoint_ids), batch_size=1000)]
+        docs = [doc for doc in self._checkpoints.find(query, batch_size=1000)]
         return self._complete(docs)
 
     def _list(
