@@ -57,7 +57,7 @@ def test_the_fixture_is_layout_1() -> None:
     keys = json.loads(FIXTURE.read_text())["keys"]
     (members,) = [k["zset"] for name, k in keys.items() if name == "old:{chat}:c"]
     assert {base64.b64decode(m).split(b"\0", 2)[2][0] for m in members} == {1}  # fmt 1
-    assert _shared.LAYOUT_VERSION == 2
+    assert _shared.LAYOUT_VERSION >= 2  # so reading it exercises the older layout
 
 
 def test_every_checkpoint_reads_as_it_did(saver: RedisSaver, release: dict[str, Any]) -> None:
