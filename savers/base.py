@@ -4,9 +4,11 @@ Each public operation is a *flow*: a generator that does all the thinking (ids, 
 parents, delta or keyframe, conflicts, decoding) and yields :class:`Call` objects for the
 IO it needs. A backend implements only the primitives those calls name (``_read``,
 ``_read_latest``, ``_read_chains``, ``_insert``, ``_list``, ``_delete_thread``,
-``_archive``, ``_versions``, ``_read_version``), as plain methods or as coroutines. The
-sync driver runs a flow against plain methods; the async driver awaits coroutine
-primitives, or runs blocking ones in a worker thread so the event loop never stalls.
+``_archive``, ``_versions``, ``_read_version``), as plain methods or as coroutines, and
+optionally ``_read_many`` (checkpoints by id: a keyframe put then reads the keyframes it
+re-points without their chains) and ``_replace_many``. The sync driver runs a flow
+against plain methods; the async driver awaits coroutine primitives, or runs blocking ones
+in a worker thread so the event loop never stalls.
 
 ``_insert(stored)`` is the one conditional write, atomic in every backend: it returns the
 stored checkpoint when ``stored.id`` is already taken in that (thread, namespace) and writes
