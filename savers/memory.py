@@ -6,7 +6,7 @@ import bisect
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -121,11 +121,21 @@ class MemorySaver(BaseSaver):
     def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
+        return self._pick(thread_id, namespace,
+                          lambda space: [i for k in keyframe_ids for i in space.chains.get(k, ())])
+
+    def _read_many(
+        self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+    ) -> list[StoredCheckpoint]:
+        return self._pick(thread_id, namespace,
+                          lambda space: [i for i in checkpoint_ids if i in space.items])
+
+    def _pick(self, thread_id: str, namespace: str,
+              ids: Callable[[_Space], list[str]]) -> list[StoredCheckpoint]:
+        """The stored checkpoints whose ids ``ids`` picks from the space's indexes."""
         with self._lock:
             space = self._space(thread_id, namespace)
-            if space is None:
-                return []
-            return [space.items[i] for k in keyframe_ids for i in space.chains.get(k, ())]
+            return [] if space is None else [space.items[i] for i in ids(space)]
 
     def _insert(self, stored: StoredCheckpoint) -> Any:
         with self._lock:

@@ -1048,11 +1048,19 @@ class FileSystemSaver(BaseSaver):
 
     def _read_chains(self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
                      ) -> list[StoredCheckpoint]:
+        return self._pick(thread_id, namespace, lambda space: [
+            space.by_id[i] for k in keyframe_ids for i in space.chains.get(k, ())])
+
+    def _read_many(self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
+                   ) -> list[StoredCheckpoint]:
+        return self._pick(thread_id, namespace, lambda space: [
+            space.by_id[i] for i in checkpoint_ids if i in space.by_id])
+
+    def _pick(self, thread_id: str, namespace: str,
+              entries: Callable[[Space], list[Entry]]) -> list[StoredCheckpoint]:
+        """The checkpoints, records read, of the index entries ``entries`` picks."""
         with self._read_space(thread_id, namespace) as (tf, space):
-            if space is None:
-                return []
-            return self._with_records(tf, [space.by_id[i] for k in keyframe_ids
-                                           for i in space.chains.get(k, ())])
+            return [] if space is None else self._with_records(tf, entries(space))
 
     def _list(
         self,
@@ -1352,7 +1360,8 @@ def _thread_id_of(path: str) -> str | None:
 
 
 # -- the async-only twin -------------------------------------------------------------------
-_PRIMITIVES = ("_read", "_read_latest", "_read_latest_chain", "_read_chains", "_list",
+_PRIMITIVES = ("_read", "_read_latest", "_read_latest_chain", "_read_chains", "_read_many",
+               "_list",
                "_read_writes", "_list_threads", "_list_namespaces", "_read_thread",
                "_versions", "_read_version", "_insert", "_insert_writes", "_copy_in",
                "_replace", "_delete_checkpoints", "_delete_thread", "_archive")
