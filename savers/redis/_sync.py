@@ -341,21 +341,24 @@ class RedisSaver(BaseSaver):
         stashed = self._from_stash(thread_id, namespace, keyframe_ids)
         if stashed is not None:
             return stashed
-        keys = self._keys(thread_id)
-        reply = self._run_script(
-            "chains", keys, [sh._utf8(namespace), *(sh._utf8(k) for k in keyframe_ids)],
-            f"read record chains of thread {thread_id!r}")
-        return self._complete(keys, self._parse(thread_id, namespace, sh.pairs(reply)))
+        return self._read_by("chains", thread_id, namespace, keyframe_ids,
+                                   "read record chains")
 
     def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
         """The stored checkpoints among ``checkpoint_ids``: one script, a lookup each (the
         chains script scans the namespace)."""
+        return self._read_by("many", thread_id, namespace, checkpoint_ids,
+                                   "read checkpoints")
+
+    def _read_by(self, script: str, thread_id: str, namespace: str,
+                       ids: Sequence[str], what: str) -> list[StoredCheckpoint]:
+        """The checkpoints a read script returns for ``ids`` of one namespace."""
         keys = self._keys(thread_id)
         reply = self._run_script(
-            "many", keys, [sh._utf8(namespace), *(sh._utf8(c) for c in checkpoint_ids)],
-            f"read checkpoints of thread {thread_id!r}")
+            script, keys, [sh._utf8(namespace), *(sh._utf8(i) for i in ids)],
+            f"{what} of thread {thread_id!r}")
         return self._complete(keys, self._parse(thread_id, namespace, sh.pairs(reply)))
 
     def _list(
