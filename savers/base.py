@@ -702,7 +702,7 @@ class BaseSaver:
                 f"{self._head_retries + 1} attempts to append to it"
             )
         if existing is not None:  # the id was taken: a retry, a re-put, or a race
-            return self._same_or_conflict(existing, checkpoint, metadata, digest)
+            return self._same_or_conflict(existing, checkpoint, metadata, raw, digest)
         self._saw_head(space, stored)
         written = _Known(raw, encoded.header, stored, time.monotonic())
         self._cache.put((thread_id, namespace, stored.id), written)
@@ -867,10 +867,12 @@ class BaseSaver:
         existing: StoredCheckpoint,
         checkpoint: Checkpoint,
         metadata: Mapping[str, Any],
+        raw: bytes,
         digest: bytes,
     ) -> Checkpoint:
+        header = self._header(existing)
         same = (
-            self._header(existing).raw_hash == digest
+            header.raw_hash == (digest if header.xxh3 else codec.content_hash(raw, header))
             and existing.node_id == checkpoint.node_id
             and existing.next_node_id == checkpoint.next_node_id
             and dict(existing.metadata) == dict(metadata)

@@ -160,7 +160,7 @@ def _verify_space(
                 report(item, "corrupt", str(exc))
                 continue
             header = headers[item.id]
-            if codec.raw_hash(raw) != header.raw_hash:
+            if codec.content_hash(raw, header) != header.raw_hash:
                 report(item, "corrupt", "the decoded state does not match its recorded hash")
                 continue
             try:

@@ -114,3 +114,45 @@ def test_a_layout_1_thread_grows_in_layout_2(saver: RedisSaver,
         [("messages", "hi", "~__pregel_pull, chat")]
     assert [(w.task_id, w.channel, w.value) for w in writes["not-stored-yet"]] == \
         [("t", "__interrupt__", "why"), ("t3", "messages", "more")]
+
+
+def test_format_3_records_keep_their_fingerprints(saver: RedisSaver,
+                                                  release: dict[str, Any]) -> None:
+    """Records of that commit fingerprint states with BLAKE2b, this one with XXH3: a
+    re-put of an old checkpoint with its own state is still a no-op and a changed one a
+    conflict, and a thread grown past several keyframes (which rewrites the old masters as
+    reverse records, keeping their BLAKE2b fingerprints) verifies and reads as before."""
+    from savegame.savers import ConflictError, codec, maintenance
+
+    stored = {c.id: c for c in saver.list("chat")}
+    assert {_header(saver, cid).version for cid in stored} == {3}
+    target = stored[next(iter(stored))]
+    again = saver.put(Checkpoint("chat", target.state, id=target.id,
+                                 parent_id=target.parent_id, node_id=target.node_id,
+                                 next_node_id=target.next_node_id, metadata=target.metadata))
+    assert again.id == target.id
+    with pytest.raises(ConflictError):
+        saver.put(Checkpoint("chat", {**target.state, "turn": -1}, id=target.id,
+                             parent_id=target.parent_id, node_id=target.node_id,
+                             next_node_id=target.next_node_id, metadata=target.metadata))
+    before = {c.id: digest(c.state) for c in saver.list("chat")}
+    latest = saver.get("chat")
+    assert latest is not None
+    for turn in range(12):  # three keyframes at least: old masters become reverse records
+        messages = [*latest.state["messages"], f"grown {turn} " + "x" * 300]
+        latest = saver.put(Checkpoint("chat", {**latest.state, "messages": messages}))
+    fresh = RedisSaver(saver.client, key_prefix=saver.key_prefix)
+    after = {c.id: digest(c.state) for c in fresh.list("chat")}
+    assert {k: after[k] for k in before} == before
+    kinds = {(h.version, h.kind, h.xxh3) for h in (_header(saver, c) for c in before)}
+    assert (4, codec.REVERSE, False) in kinds  # an old master, rewritten
+    checked, _, problems = maintenance.verify_thread(fresh, "chat")
+    assert problems == [] and checked >= len(after)  # and the other namespace's
+
+
+def _header(saver: RedisSaver, checkpoint_id: str) -> Any:
+    from savegame.savers import codec
+
+    stored = saver._read("chat", "", checkpoint_id)
+    assert stored is not None
+    return codec.read_header(stored.record, 0, codec.location("chat", "", checkpoint_id))

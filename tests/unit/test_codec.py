@@ -79,7 +79,7 @@ def same(a: Any, b: Any) -> bool:
 def fix_crc(data: bytes | bytearray) -> bytes:
     """Recompute a record's crc32 so only the deliberate change remains."""
     data = bytearray(data)
-    kind = data[3]
+    kind = data[3] & 0x0F  # format 4 keeps flags in the high bits
     size = struct.calcsize(">2sBBHI8sI") + (8 if kind != KEYFRAME else 0) + struct.calcsize(">IH")
     if kind == KEYFRAME:
         (count,) = struct.unpack_from(">H", data, size)
