@@ -630,3 +630,145 @@ def test_memory_saver_histories_read_back_exactly(
         while current.base_id is not None:
             current, hops = items[current.base_id], hops + 1
         assert hops + 1 <= item.depth + math.log2(masters) + 2
+
+
+# -- splices (format 4) ----------------------------------------------------------------------
+def _text_base(rng: random.Random, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        out += sentence(rng, 200).encode() + bytes([rng.randrange(256)])
+    return bytes(out[:size])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32), st.integers(32 * 1024, 200 * 1024),
+       st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]),
+                          st.floats(0, 1), st.integers(1, 3000)), max_size=8))
+def test_splices_round_trip_any_edits(seed: int, size: int,
+                                      edits: list[tuple[str, float, int]]) -> None:
+    """Whatever the edits (insertions, deletions, replacements anywhere), a delta decodes
+    to exactly the new state; small edits are spliced."""
+    rng = random.Random(seed)
+    base = _text_base(rng, size)
+    new = bytearray(base)
+    for how, where, length in edits:
+        at = int(where * len(new))
+        if how == "insert":
+            new[at:at] = sentence(rng, length).encode()[:length]
+        elif how == "delete":
+            del new[at:at + length]
+        else:
+            new[at:at + length] = bytes(rng.randrange(256) for _ in range(min(length, 64)))
+    new_raw = bytes(new)
+    parent = encode(base)
+    child = encode(new_raw, Base(base, parent.header), KeyframePolicy(max_delta_ratio=10,
+                                                                      max_chain_ratio=10))
+    assert decode_path([parent.data, child.data]) == [base, new_raw]
+    event(f"spliced={child.header.splice}")
+    if len(edits) <= 2 and sum(e[2] for e in edits) < 2048:
+        assert child.header.kind == DELTA and child.header.splice
+
+
+def test_a_growing_chat_is_spliced_small_and_reads_back() -> None:
+    rng = random.Random(3)
+    states = [chat_state(rng, 150)]
+    for _ in range(6):
+        states.append({"messages": [*states[-1]["messages"],
+                                    {"role": "user", "content": sentence(rng, 400)}],
+                       "step": states[-1]["step"] + 1})
+    raws = [dumps(s) for s in states]
+    records = [encode(raws[0])]
+    for raw in raws[1:]:
+        records.append(encode(raw, Base(raws[len(records) - 1], records[-1].header),
+                              KeyframePolicy(max_chain=10)))
+    assert all(r.header.splice for r in records[1:])
+    assert all(len(r.data) < 600 for r in records[1:])  # ~400 new characters each
+    assert decode_path([r.data for r in records]) == raws
+    zstd_only = encode(raws[1], Base(raws[0], records[0].header), KeyframePolicy(splice=False))
+    assert not zstd_only.header.splice and decode_path([records[0].data,
+                                                        zstd_only.data])[1] == raws[1]
+
+
+def test_a_splice_against_another_base_of_the_same_fingerprint_fails() -> None:
+    """The splice decoder checks its result's XXH3: a base with the right header but other
+    bytes (a damaged parent) is an error, never a plausible state."""
+    rng = random.Random(5)
+    base = _text_base(rng, 64 * 1024)
+    new = base[:1000] + b"inserted words here " * 20 + base[1000:]
+    parent = encode(base)
+    child = encode(new, Base(base, parent.header))
+    assert child.header.splice
+    other = bytearray(base)
+    other[30_000] ^= 1
+    with pytest.raises(RecordError, match="fingerprint"):
+        decode_path([child.data], Base(bytes(other), parent.header))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_hostile_splice_frames_fail_loudly(data: st.DataObject) -> None:
+    """Any change to a splice frame (past the record checksum) decodes to the same state
+    or raises RecordError: bounds are checked, nothing else is raised."""
+    rng = random.Random(11)
+    base = _text_base(rng, 40 * 1024)
+    new = base[:500] + b"a new message " * 30 + base[520:]
+    record = encode(new, Base(base, encode(base).header))
+    header = record.header
+    frame = bytearray(record.data[header.size:])
+    how = data.draw(st.sampled_from(["flip", "cut", "grow", "table"]))
+    if how == "flip":
+        at = data.draw(st.integers(0, len(frame) - 1))
+        frame[at] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        frame = frame[: data.draw(st.integers(0, len(frame) - 1))]
+    elif how == "grow":
+        frame += data.draw(st.binary(min_size=1, max_size=20))
+    else:  # a hand-made op table: big moves, lengths, counts
+        table = bytearray()
+        for value in data.draw(st.lists(st.integers(0, 2**40), max_size=12)):
+            codec._put_varint(table, value)
+        frame = bytearray(b"\x00") + zstd_frame(bytes(table))
+    try:
+        out = codec._unsplice(memoryview(bytes(frame)), base, header, 0)
+    except RecordError:
+        return
+    assert out == new
+
+
+def zstd_frame(payload: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(
+        compression_params=zstandard.ZstdCompressionParameters.from_level(
+            3, write_checksum=1, format=zstandard.FORMAT_ZSTD1_MAGICLESS)).compress(payload)
+
+
+def test_format_4_flags_are_checked() -> None:
+    rng = random.Random(2)
+    key = encode(_text_base(rng, 1000))
+    for flags in (0x20 | 0x10, 0x40, 0x80):  # a spliced master; unknown flags
+        data = bytearray(key.data)
+        data[3] = KEYFRAME | flags
+        with pytest.raises(RecordError, match="malformed"):
+            read_header(fix_crc(data))
+    assert read_header(key.data).xxh3 and not read_header(key.data).splice
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 255))
+def test_a_frame_rewritten_past_its_checksum_fails_as_a_record_error(at: int, mask: int) -> None:
+    """A record whose checksum was recomputed after its zstd frame was altered (a crafted
+    record: a frame header declaring 10^18 bytes made zstandard raise MemoryError) is a
+    RecordError, never another exception, and never other bytes."""
+    raw = dumps(chat_state(random.Random(4), 20))
+    record = encode(raw)
+    data = bytearray(record.data)
+    position = record.header.size + at
+    if position >= len(data):
+        return
+    data[position] ^= mask
+    try:
+        out = decode_path([fix_crc(data)])
+    except RecordError:
+        return
+    assert out == [raw]
