@@ -701,7 +701,8 @@ def _unsplice(frame: memoryview, base: bytes, header: RecordHeader, position: in
             literal_total += literal
         if pos + literal_total != len(payload):
             raise ValueError("literal bytes do not match the operations")
-        view, out, cursor = memoryview(base), [], 0
+        view, cursor = memoryview(base), 0
+        out: list[bytes | memoryview] = []
         for literal, move, copy in moves:
             if literal:
                 out.append(payload[pos:pos + literal])
