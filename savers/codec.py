@@ -524,23 +524,20 @@ _SPLICE_DICT_MAX = 64 * 1024
 
 
 def _run(new: bytes, i: int, base: memoryview, j: int) -> int:
-    """Length of the common run of ``new[i:]`` and ``base[j:]`` (exponential, then binary
-    search; each step one C-level comparison, no copies)."""
+    """Length of the common run of ``new[i:]`` and ``base[j:]``: galloping, then binary
+    search, each step one C-level comparison of only the bytes not yet known to match
+    (no copies; about twice the run's length compared in all)."""
     top = min(len(new) - i, len(base) - j)
-    if top <= 0:
-        return 0
-    low, high = 0, 32
-    while high < top:
-        if not new.startswith(base[j:j + high], i):
+    low, high = 0, min(32, top)
+    while True:  # base[j:j+low] is known to match
+        if not new.startswith(base[j + low:j + high], i + low):
             break
-        low, high = high, high * 8
-    else:
-        if new.startswith(base[j:j + top], i):
+        if high == top:
             return top
-        high = top
-    while high - low > 1:
+        low, high = high, min(top, high * 8)
+    while high - low > 1:  # base[j:j+high] is known not to match
         middle = (low + high) // 2
-        if new.startswith(base[j:j + middle], i):
+        if new.startswith(base[j + low:j + middle], i + low):
             low = middle
         else:
             high = middle
@@ -548,11 +545,12 @@ def _run(new: bytes, i: int, base: memoryview, j: int) -> int:
 
 
 def _run_back(new: bytes, p: int, floor: int, base: memoryview, f: int) -> int:
-    """Length of the common run ending at ``new[p]`` and ``base[f]``, not before ``floor``."""
+    """Length of the common run ending at ``new[p]`` and ``base[f]``, not before ``floor``
+    (binary search, comparing only the bytes not yet known to match)."""
     low, high = 0, min(p - floor, f) + 1
     while high - low > 1:
         middle = (low + high) // 2
-        if new.endswith(base[f - middle:f], floor, p):
+        if new.endswith(base[f - middle:f - low], floor, p - low):
             low = middle
         else:
             high = middle
@@ -657,8 +655,8 @@ def _splice(raw: bytes, base: bytes) -> bytes | None:
         end = high
     payload = bytes(table) + b"".join(raw[a:b] for a, b, _, _ in ops)
     dictionary = b"".join(base[low:high] for low, high in kept)
-    params = zstd.ZstdCompressionParameters.from_level(
-        3, source_size=len(payload), dict_size=len(dictionary), write_checksum=1,
+    params = zstd.ZstdCompressionParameters.from_level(  # level 2: as small as 3 here
+        2, source_size=len(payload), dict_size=len(dictionary), write_checksum=1,
         format=_FORMAT)
     compressor = zstd.ZstdCompressor(
         compression_params=params,

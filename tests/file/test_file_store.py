@@ -240,7 +240,7 @@ def test_bytes_on_disk_within_1_3x_of_the_records_on_the_200_turn_chat(tmp_path:
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     saver = FileSystemSaver(tmp_path, durability="os")
-    memory = MemorySaver()
+    memory = MemorySaver(policy=saver.policy)  # the same records
     for state in chat_states(200):
         saver.put(Checkpoint("chat", state, node_id="agent"))
         memory.put(Checkpoint("chat", state, node_id="agent"))
@@ -678,3 +678,15 @@ def test_with_a_ttl_keyframes_stay_whole(tmp_path: Path) -> None:
     stored, _ = saver._read_thread("t")
     masters = [item for item in stored if item.depth == 1]
     assert len(masters) >= 4 and all(item.base_id is None for item in masters)
+
+
+def test_the_file_store_defaults_to_chains_of_8_and_keeps_a_given_policy(tmp_path: Path) -> None:
+    assert FileSystemSaver(tmp_path).policy.max_chain == 8
+    assert FileSystemSaver(tmp_path, policy=KeyframePolicy(max_chain=3)).policy.max_chain == 3
+    saver = FileSystemSaver(tmp_path / "s", durability="os")
+    state: dict[str, Any] = {"log": []}
+    for n in range(20):
+        state = {"log": [*state["log"], f"entry {n} " + "x" * 200]}
+        saver.put(Checkpoint("t", state))
+    depths = [c.depth for c in saver._read_thread("t")[0]]
+    assert max(depths) == 8 and depths.count(1) <= 3
