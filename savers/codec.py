@@ -1,4 +1,5 @@
-"""Records: the stored form of one checkpoint's state. Pure code: no IO, no clocks, no globals.
+"""Records: the stored form of one checkpoint's state. Pure code: no IO, no clocks, no state
+beyond a per-thread cache of compressors for small inputs.
 
 A record is a small header followed by a zstd frame. A *master* (a keyframe) compresses the
 serialized state alone. A *delta* compresses the state with its parent's state as a
@@ -44,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -266,13 +268,28 @@ class Dictionary:
                                    compression_params=self.params).compress(raw)
 
 
+_SMALL_WINDOW_LOG = 16  # inputs up to 64 KiB share one compressor per thread and level
+_small = threading.local()
+
+
 def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
     if base is None:
+        level = 3 if level is None else level
+        window_log = min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(len(raw) + 1))))
+        if window_log <= _SMALL_WINDOW_LOG:  # pending writes, small states: making a
+            # compressor costs more than compressing a few hundred bytes with it
+            cache: dict[tuple[int, int], zstd.ZstdCompressor] = _small.__dict__.setdefault(
+                "compressors", {})
+            compressor = cache.get((level, window_log))
+            if compressor is None:
+                compressor = cache[level, window_log] = zstd.ZstdCompressor(
+                    compression_params=zstd.ZstdCompressionParameters.from_level(
+                        level, source_size=1 << window_log, write_checksum=1,
+                        format=_FORMAT, window_log=window_log))
+            return compressor.compress(raw)
         params = zstd.ZstdCompressionParameters.from_level(
-            3 if level is None else level, source_size=len(raw), write_checksum=1,
-            format=_FORMAT,
-            window_log=min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(len(raw) + 1)))),
-        )
+            level, source_size=len(raw), write_checksum=1, format=_FORMAT,
+            window_log=window_log)
         return zstd.ZstdCompressor(compression_params=params).compress(raw)
     dictionary = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
     params = _params(level, len(raw), len(base))

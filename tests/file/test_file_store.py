@@ -681,7 +681,7 @@ def test_with_a_ttl_keyframes_stay_whole(tmp_path: Path) -> None:
 
 
 def test_the_file_store_defaults_to_chains_of_8_and_keeps_a_given_policy(tmp_path: Path) -> None:
-    assert FileSystemSaver(tmp_path).policy.max_chain == 8
+    assert FileSystemSaver(tmp_path).policy == KeyframePolicy(max_chain=8, level=2)
     assert FileSystemSaver(tmp_path, policy=KeyframePolicy(max_chain=3)).policy.max_chain == 3
     saver = FileSystemSaver(tmp_path / "s", durability="os")
     state: dict[str, Any] = {"log": []}
