@@ -1227,13 +1227,30 @@ class FileSystemSaver(BaseSaver):
                         self._append(tf, pieces)
 
     def _replace(self, stored: StoredCheckpoint) -> None:
-        with self._writing(stored.thread_id, create=False) as tf:
-            space = tf.index.space(stored.namespace) if tf and tf.index else None
-            if tf is None or space is None or stored.id not in space.by_id:
-                raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
-            with self._os_errors(f"rewrite checkpoint {stored.id!r}", tf):
-                head, _ = fmt.checkpoint_frame(stored)
-                self._append(tf, [head, stored.record])
+        if not FileSystemSaver._replace_many(self, [stored]):  # (the async twin wraps both)
+            raise KeyError(f"checkpoint {stored.id!r} vanished while being rewritten")
+
+    def _replace_many(self, items: Sequence[StoredCheckpoint]) -> int:
+        """Append new frames for checkpoints of one thread that still exist (one lock and
+        one write for the keyframes a new one re-points); returns how many."""
+        if not items:
+            return 0
+        thread_id = items[0].thread_id
+        with self._writing(thread_id, create=False) as tf:
+            if tf is None or tf.index is None:
+                return 0
+            pieces: list[bytes | memoryview] = []
+            for stored in items:
+                if stored.thread_id != thread_id:
+                    raise ValueError("_replace_many takes checkpoints of one thread")
+                space = tf.index.space(stored.namespace)
+                if space is not None and stored.id in space.by_id:
+                    head, _ = fmt.checkpoint_frame(stored)
+                    pieces += [head, stored.record]
+            if pieces:
+                with self._os_errors("rewrite keyframes", tf):
+                    self._append(tf, pieces)
+            return len(pieces) // 2
 
     def _delete_checkpoints(self, thread_id: str, namespace: str, ids: Sequence[str]) -> None:
         doomed = set(ids)
@@ -1373,7 +1390,8 @@ _PRIMITIVES = ("_read", "_read_latest", "_read_latest_chain", "_read_chains", "_
                "_list",
                "_read_writes", "_list_threads", "_list_namespaces", "_read_thread",
                "_versions", "_read_version", "_insert", "_insert_writes", "_copy_in",
-               "_replace", "_delete_checkpoints", "_delete_thread", "_archive")
+               "_replace", "_replace_many", "_delete_checkpoints", "_delete_thread",
+               "_archive")
 
 
 class AsyncFileSystemSaver(FileSystemSaver):

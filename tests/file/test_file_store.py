@@ -28,6 +28,7 @@ from savegame.savers import (
     KeyframePolicy,
     MemorySaver,
     SavegameError,
+    codec,
 )
 from savegame.savers.checkpoint import PendingWrite
 from savegame.savers.file import (
@@ -690,3 +691,30 @@ def test_the_file_store_defaults_to_chains_of_8_and_keeps_a_given_policy(tmp_pat
         saver.put(Checkpoint("t", state))
     depths = [c.depth for c in saver._read_thread("t")[0]]
     assert max(depths) == 8 and depths.count(1) <= 3
+
+
+def test_a_keyframe_rewrites_the_older_ones_in_one_append(tmp_path: Path) -> None:
+    saver = FileSystemSaver(tmp_path, durability="os", policy=KeyframePolicy(max_chain=1))
+    appends: list[int] = []
+    real = saver._append
+
+    def counting(tf: Any, pieces: Any) -> None:
+        appends.append(len(pieces) // 2)
+        real(tf, pieces)
+
+    saver._append = counting  # type: ignore[method-assign]
+    state: dict[str, Any] = {"log": ["y" * 1200]}  # over 1 KiB: keyframes get re-pointed
+    most = 0
+    for n in range(16):  # every put a keyframe: the Fenwick steps re-point 1 to 4 older ones
+        state = {"log": [*state["log"], f"entry {n} " + "x" * 300]}
+        appends.clear()
+        saver.put(Checkpoint("t", state))
+        assert len(appends) <= 2  # the insert, then one append of every rewritten frame
+        most = max(most, *appends)
+    assert most >= 2
+    saver._cache.clear()
+    fresh = FileSystemSaver(tmp_path)
+    assert fresh.get("t").state == state  # type: ignore[union-attr]
+    kinds = [codec.read_header(c.record, 0, codec.location("t", "", c.id)).kind
+             for c in fresh._read_thread("t")[0]]
+    assert kinds.count(codec.KEYFRAME) == 1 and kinds.count(codec.REVERSE) == 15
