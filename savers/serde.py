@@ -256,6 +256,10 @@ def _tz_from(fields: Any) -> dt.tzinfo | None:
     return dt.timezone(dt.timedelta(seconds=seconds, microseconds=micros), *name)
 
 
+#: A thread's packers keep their buffers only after outputs up to this size.
+_KEEP_PACKER_BYTES = 4 << 20
+
+
 class Serializer:
     """Turns a state mapping into bytes and back, exactly.
 
@@ -287,8 +291,18 @@ class Serializer:
     def _pack(self, obj: Any) -> bytes:
         if type(obj) in _SCANNED and _scan(obj):
             obj = _tag_bytearrays(obj)
-        return cast(bytes, msgpack.packb(obj, default=self._default, strict_types=True,
-                                         use_bin_type=True))
+        # A Packer per thread and extension depth, taken out while it packs (so a nested
+        # call never re-enters it): msgpack.packb makes a new one each time, whose 256 KiB
+        # buffer the allocator maps and unmaps, and the page faults of every fresh buffer
+        # cost ten times the packing (116 us vs 13 us for a 70 KB LangGraph channel).
+        packers: dict[int, msgpack.Packer] = self._nesting.__dict__.setdefault("packers", {})
+        depth = getattr(self._nesting, "packing", 0)
+        packer = packers.pop(depth, None) or msgpack.Packer(
+            default=self._default, strict_types=True, use_bin_type=True)
+        data = cast(bytes, packer.pack(obj))
+        if len(data) <= _KEEP_PACKER_BYTES:  # a big state's buffer is not kept
+            packers[depth] = packer
+        return data
 
     def _nested(self, payload: Any) -> bytes:
         """Pack the payload of a tuple, set or registered object: one extension level
