@@ -623,3 +623,27 @@ def test_register_type_decorator_with_options() -> None:
 
     assert serde.default_registry.entry_named("tests.unit.DecoratedWithName") is not None
     assert Serializer().loads(Serializer().dumps({"d": Decorated(1)})) == {"d": Decorated(1)}
+
+
+# -- kept packers ------------------------------------------------------------------------
+def test_kept_packers_give_the_bytes_of_fresh_ones_after_errors_and_across_threads() -> None:
+    """Packers are kept per thread and extension depth: a failed dumps (deep inside
+    tuples) leaves nothing behind, nested extensions never share a packer, and every
+    thread gets the bytes a fresh serializer gives."""
+    import concurrent.futures
+
+    state = {"pairs": [("msgpack", b"\x00" * 300_000), ((1, (2, dt.date(2020, 1, 2))), {3})],
+             "when": dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=PARIS), "n": 1}
+    expected = Serializer().dumps(state)
+    ser = Serializer()
+    assert ser.dumps(state) == expected
+    with pytest.raises(SerializationError, match="pairs"):
+        ser.dumps({"pairs": [((1, (2, object())),)]})
+    assert ser.dumps(state) == expected  # nothing of the failed call left in a buffer
+    big = {"blob": ("x", os.urandom(5 << 20))}  # its packer's buffer is not kept
+    assert ser.loads(ser.dumps(big)) == big
+    assert ser.dumps(state) == expected
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: ser.dumps(state), range(64)))
+    assert set(results) == {expected}
+    assert same(ser.loads(expected), state)
