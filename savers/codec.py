@@ -217,9 +217,20 @@ def location(*parts: str) -> bytes:
     return bytes(out)
 
 
+_HASH_CHUNK = 64 * 1024
+
+
 def raw_hash(raw: bytes) -> bytes:
-    """XXH3-64 of serialized state: identifies a base and fingerprints content."""
-    return xxhash.xxh3_64_digest(raw)
+    """XXH3-64 of serialized state: identifies a base and fingerprints content. Big
+    states are fed in 64 KiB pieces: xxhash releases the GIL for larger buffers, and a
+    saver called from a background thread (LangGraph saves from one while the graph runs
+    on) pays ~15 us of CPU for each hand-over and back, more than hashing 160 KB."""
+    if len(raw) <= _HASH_CHUNK:
+        return xxhash.xxh3_64_digest(raw)
+    state, view = xxhash.xxh3_64(), memoryview(raw)
+    for start in range(0, len(raw), _HASH_CHUNK):
+        state.update(view[start:start + _HASH_CHUNK])
+    return state.digest()
 
 
 def content_hash(raw: bytes, header: RecordHeader) -> bytes:

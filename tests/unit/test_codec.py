@@ -772,3 +772,13 @@ def test_a_frame_rewritten_past_its_checksum_fails_as_a_record_error(at: int, ma
     except RecordError:
         return
     assert out == [raw]
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 65_537, 3 * 65_536, 200_001])
+def test_raw_hash_is_xxh3_64_whatever_the_size(size: int) -> None:
+    """States over 64 KiB are hashed in pieces (keeping the GIL): the fingerprint must be
+    the one-shot XXH3-64 all the same, or stored records would stop matching."""
+    import xxhash
+
+    data = random.Random(size).randbytes(size)
+    assert raw_hash(data) == xxhash.xxh3_64_digest(data)
