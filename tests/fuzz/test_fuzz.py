@@ -18,6 +18,7 @@ import sys
 
 import msgpack
 import pytest
+import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -77,12 +78,10 @@ def test_decode_path_of_arbitrary_bytes(records):
         codec.decode_path(records)
 
 
-@fuzz
-@given(st.integers(0, 2), st.data())
-def test_mutated_records_fail_loudly(position, data):
-    """A flipped, cut or grown record never decodes to other bytes."""
-    record = bytearray(RECORDS[position])
-    how = data.draw(st.sampled_from(["flip", "cut", "grow", "splice"]))
+def mutated(data, original: bytes) -> bytes:
+    """``original`` with a byte flipped, cut short, grown, or with bytes inserted."""
+    record = bytearray(original)
+    how = data.draw(st.sampled_from(["flip", "cut", "grow", "insert"]))
     if how == "flip":
         at = data.draw(st.integers(0, len(record) - 1))
         record[at] ^= data.draw(st.integers(1, 255))
@@ -93,7 +92,14 @@ def test_mutated_records_fail_loudly(position, data):
     else:
         at = data.draw(st.integers(0, len(record)))
         record[at:at] = data.draw(st.binary(min_size=1, max_size=20))
-    path = [*RECORDS[:position], bytes(record)]
+    return bytes(record)
+
+
+@fuzz
+@given(st.integers(0, 2), st.data())
+def test_mutated_records_fail_loudly(position, data):
+    """A flipped, cut or grown record never decodes to other bytes."""
+    path = [*RECORDS[:position], mutated(data, RECORDS[position])]
     with pytest.raises(RecordError):
         codec.decode_path(path, where=WHERE[: position + 1])
 
@@ -101,6 +107,41 @@ def test_mutated_records_fail_loudly(position, data):
 def test_a_delta_against_the_wrong_base_fails():
     with pytest.raises(RecordError):
         codec.decode_path([RECORDS[0], RECORDS[2]], where=[WHERE[0], WHERE[2]])
+
+
+def _splice_case() -> tuple[bytes, bytes, codec.EncodedRecord]:
+    rng = random.Random(11)
+    base = b" ".join(rng.choice([b"alpha", b"beta", b"gamma", b"delta"])
+                     for _ in range(9000))[:40 * 1024]
+    new = base[:500] + b"a new message " * 30 + base[520:]
+    return base, new, codec.encode(new, codec.Base(base, codec.encode(base).header))
+
+
+SPLICE_BASE, SPLICE_NEW, SPLICE = _splice_case()
+
+
+@fuzz
+@given(st.data())
+def test_hostile_splice_frames_fail_loudly(data):
+    """Any change to a splice frame past the record checksum (a crafted record) decodes to
+    the same state or raises RecordError: every bound is checked, nothing else raised."""
+    assert SPLICE.header.splice
+    frame = SPLICE.data[SPLICE.header.size:]
+    if data.draw(st.booleans()):
+        frame = mutated(data, frame)
+    else:  # a hand-made op table: big moves, lengths, counts
+        table = bytearray()
+        for value in data.draw(st.lists(st.integers(0, 2**40), max_size=12)):
+            codec._put_varint(table, value)
+        frame = b"\x00" + zstandard.ZstdCompressor(
+            compression_params=zstandard.ZstdCompressionParameters.from_level(
+                3, write_checksum=1, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+        ).compress(bytes(table))
+    try:
+        out = codec._unsplice(memoryview(frame), SPLICE_BASE, SPLICE.header, 0)
+    except RecordError:
+        return
+    assert out == SPLICE_NEW
 
 
 # -- the state loader, through a saver ------------------------------------------------------
