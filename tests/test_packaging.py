@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"savers": "savegame/savers", "adapters": "savegame/adapters"}
 EXTRAS = {"mongodb", "motor", "langgraph", "burr", "llamaindex", "cli", "all", "dev"}
-CORE = {"zstandard", "msgpack", "cattrs"}
+CORE = {"zstandard", "msgpack", "cattrs", "xxhash"}
 
 
 def _build_deps_installed() -> bool:
