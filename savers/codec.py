@@ -542,7 +542,7 @@ def _decompress(data: bytes, header: RecordHeader, base: bytes | None, position:
 #
 # The decoder checks every bound and the result's XXH3 against the header's raw_hash.
 
-_SPLICE_MIN_BASE = 32 * 1024  # below this a zstd delta is as cheap
+_SPLICE_MIN_BASE = 64 * 1024  # below this a zstd delta is as cheap
 _PROBE = 32  # bytes searched for when re-synchronizing after an edit
 _MIN_RUN = 12  # shorter common runs are cheaper as literals
 _NEAR = (512, 4096)  # the base window searched first, behind and ahead of the cursor

@@ -112,7 +112,7 @@ def test_a_delta_against_the_wrong_base_fails():
 def _splice_case() -> tuple[bytes, bytes, codec.EncodedRecord]:
     rng = random.Random(11)
     base = b" ".join(rng.choice([b"alpha", b"beta", b"gamma", b"delta"])
-                     for _ in range(9000))[:40 * 1024]
+                     for _ in range(18000))[:80 * 1024]
     new = base[:500] + b"a new message " * 30 + base[520:]
     return base, new, codec.encode(new, codec.Base(base, codec.encode(base).header))
 

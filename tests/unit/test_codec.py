@@ -641,7 +641,7 @@ def _text_base(rng: random.Random, size: int) -> bytes:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 2**32), st.integers(32 * 1024, 200 * 1024),
+@given(st.integers(0, 2**32), st.integers(16 * 1024, 200 * 1024),
        st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]),
                           st.floats(0, 1), st.integers(1, 3000)), max_size=8))
 def test_splices_round_trip_any_edits(seed: int, size: int,
@@ -665,13 +665,14 @@ def test_splices_round_trip_any_edits(seed: int, size: int,
                                                                       max_chain_ratio=10))
     assert decode_path([parent.data, child.data]) == [base, new_raw]
     event(f"spliced={child.header.splice}")
-    if len(edits) <= 2 and sum(e[2] for e in edits) < 2048:
-        assert child.header.kind == DELTA and child.header.splice
+    if len(edits) <= 2 and sum(e[2] for e in edits) < 2048:  # small edits: spliced when
+        assert child.header.kind == DELTA  # the base is big enough to be worth it
+        assert child.header.splice == (size >= codec._SPLICE_MIN_BASE)
 
 
 def test_a_growing_chat_is_spliced_small_and_reads_back() -> None:
     rng = random.Random(3)
-    states = [chat_state(rng, 150)]
+    states = [chat_state(rng, 200)]  # ~90 KB: over the splice threshold
     for _ in range(6):
         states.append({"messages": [*states[-1]["messages"],
                                     {"role": "user", "content": sentence(rng, 400)}],
@@ -693,7 +694,7 @@ def test_a_splice_against_another_base_of_the_same_fingerprint_fails() -> None:
     """The splice decoder checks its result's XXH3: a base with the right header but other
     bytes (a damaged parent) is an error, never a plausible state."""
     rng = random.Random(5)
-    base = _text_base(rng, 64 * 1024)
+    base = _text_base(rng, 80 * 1024)
     new = base[:1000] + b"inserted words here " * 20 + base[1000:]
     parent = encode(base)
     child = encode(new, Base(base, parent.header))
