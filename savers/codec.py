@@ -177,7 +177,7 @@ class KeyframePolicy:
     - ``reverse``: rewrite older masters as reverse records when a new master is written
       (savers turn it off where they cannot keep a newer master alive as long as the older
       records that need it, e.g. MongoDB with a TTL);
-    - ``splice``: encode deltas against bases of 32 KiB and more as splices (copies of the
+    - ``splice``: encode deltas against bases of 64 KiB and more as splices (copies of the
       base's runs plus zstd-compressed new bytes) where that finds the shared runs: a
       third of the CPU of a zstd delta against the whole base, a few more bytes.
     A writer that does not hold its parent's serialized state writes a master.
