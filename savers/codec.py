@@ -549,6 +549,7 @@ _NEAR = (512, 4096)  # the base window searched first, behind and ahead of the c
 _WIDE_EVERY = 32  # probes between searches of the whole base
 _SPLICE_WINDOW = 16 * 1024  # dictionary bytes either side of an edit
 _SPLICE_DICT_MAX = 64 * 1024
+_SPLICE_MAX_OPS = 1024  # edits scattered wider than this: a zstd delta is cheaper
 
 
 def _run(new: bytes, i: int, base: memoryview, j: int) -> int:
@@ -587,7 +588,8 @@ def _run_back(new: bytes, p: int, floor: int, base: memoryview, f: int) -> int:
 
 def _splice_ops(new: bytes, base: bytes, budget: int) -> list[tuple[int, int, int, int]] | None:
     """(literal start, literal end, copy start, copy length) per op, or None when the
-    literals would pass ``budget`` bytes (then a zstd delta does better)."""
+    literals would pass ``budget`` bytes or the ops ``_SPLICE_MAX_OPS`` (then a zstd
+    delta does better)."""
     view = memoryview(base)
     ops: list[tuple[int, int, int, int]] = []
     i = j = start = literal = 0
@@ -595,6 +597,8 @@ def _splice_ops(new: bytes, base: bytes, budget: int) -> list[tuple[int, int, in
     while i < n:
         length = _run(new, i, view, j)
         if length >= _MIN_RUN or (length and i + length == n):
+            if len(ops) >= _SPLICE_MAX_OPS:
+                return None
             ops.append((start, i, j, length))
             literal += i - start
             i += length

@@ -744,3 +744,20 @@ def test_raw_hash_is_xxh3_64_whatever_the_size(size: int) -> None:
 
     data = random.Random(size).randbytes(size)
     assert raw_hash(data) == xxhash.xxh3_64_digest(data)
+
+
+def test_edits_scattered_all_over_a_big_state_fall_back_to_zstd() -> None:
+    """A state changed every few hundred bytes would take thousands of splice ops (a
+    Python loop each): past the bound the delta is a zstd frame, and decodes the same."""
+    rng = random.Random(9)
+    base = _text_base(rng, 512 * 1024)
+    new = bytearray(base)
+    for at in range(1000, len(new) - 10, 300):
+        new[at] ^= 0xFF
+    new_raw = bytes(new)
+    parent = encode(base)
+    child = encode(new_raw, Base(base, parent.header), KeyframePolicy(max_delta_ratio=10,
+                                                                      max_chain_ratio=10))
+    assert child.header.kind == DELTA and not child.header.splice
+    assert codec._splice_ops(new_raw, base, 1 << 30) is None  # the op bound, not the budget
+    assert decode_path([parent.data, child.data]) == [base, new_raw]
