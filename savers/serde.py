@@ -256,8 +256,9 @@ def _tz_from(fields: Any) -> dt.tzinfo | None:
     return dt.timezone(dt.timedelta(seconds=seconds, microseconds=micros), *name)
 
 
-#: A thread's packers keep their buffers only after outputs up to this size.
-_KEEP_PACKER_BYTES = 4 << 20
+#: A thread's packers keep their buffers only after outputs up to this size (a thread
+#: holds a few MiB at most: one buffer per extension depth in use).
+_KEEP_PACKER_BYTES = 1 << 20
 
 
 class Serializer:
