@@ -66,11 +66,11 @@ __all__ = [
     "RecordError",
     "RecordHeader",
     "UnsupportedFormatError",
+    "content_hash",
     "decode_path",
     "decode_records",
     "encode",
     "encode_reverse",
-    "content_hash",
     "location",
     "raw_hash",
     "read_header",
@@ -80,7 +80,7 @@ __all__ = [
 
 #: 1: the checksum covers header and frame; 2: also the record's location; 3: masters
 #: carry a number and the Fenwick roots, reverse records, no anchors; 4: the kind byte
-#: carries flags (``_XXH3``).
+#: carries flags (``_XXH3``, ``_SPLICE``).
 FORMAT_VERSION = 4
 #: KEYFRAME: a master (no base); DELTA: base is the parent; ANCHOR (formats 1-2 only): base
 #: is an earlier anchor; REVERSE: a former master whose base is a newer master.
@@ -239,6 +239,11 @@ def content_hash(raw: bytes, header: RecordHeader) -> bytes:
     return raw_hash(raw) if header.xxh3 else hashlib.blake2b(raw, digest_size=8).digest()
 
 
+def _raw_dict(data: bytes) -> zstd.ZstdCompressionDict:
+    """``data`` as a raw-content dictionary: what deltas are compressed against."""
+    return zstd.ZstdCompressionDict(data, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+
+
 def _params(level: int | None, raw_len: int, base_len: int) -> zstd.ZstdCompressionParameters:
     """The cheapest compression parameters whose match finder still reaches the whole base.
 
@@ -271,7 +276,7 @@ class Dictionary:
 
     def __init__(self, base: bytes, raw_len: int, level: int | None):
         self.params = _params(level, raw_len, len(base))
-        self.dict = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+        self.dict = _raw_dict(base)
         self.dict.precompute_compress(compression_params=self.params)
 
     def compress(self, raw: bytes) -> bytes:
@@ -302,7 +307,7 @@ def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
             level, source_size=len(raw), write_checksum=1, format=_FORMAT,
             window_log=window_log)
         return zstd.ZstdCompressor(compression_params=params).compress(raw)
-    dictionary = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+    dictionary = _raw_dict(base)
     params = _params(level, len(raw), len(base))
     return zstd.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(raw)
 
@@ -518,8 +523,7 @@ def _decompress(data: bytes, header: RecordHeader, base: bytes | None, position:
         if base is None:
             decompressor = zstd.ZstdDecompressor(format=_FORMAT)
         else:
-            dictionary = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-            decompressor = zstd.ZstdDecompressor(dict_data=dictionary, format=_FORMAT)
+            decompressor = zstd.ZstdDecompressor(dict_data=_raw_dict(base), format=_FORMAT)
         raw = _inflate(decompressor, frame, header.raw_len)
     except zstd.ZstdError as exc:
         raise RecordError(f"compressed payload does not decode: {exc}", position) from None
@@ -690,10 +694,8 @@ def _splice(raw: bytes, base: bytes) -> bytes | None:
     params = zstd.ZstdCompressionParameters.from_level(  # level 2: as small as 3 here
         2, source_size=len(payload), dict_size=len(dictionary), write_checksum=1,
         format=_FORMAT)
-    compressor = zstd.ZstdCompressor(
-        compression_params=params,
-        dict_data=zstd.ZstdCompressionDict(dictionary, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-        if dictionary else None)
+    compressor = zstd.ZstdCompressor(compression_params=params,
+                                     dict_data=_raw_dict(dictionary) if dictionary else None)
     return bytes(head) + compressor.compress(payload)
 
 
@@ -713,9 +715,7 @@ def _unsplice(frame: memoryview, base: bytes, header: RecordHeader, position: in
             slices.append(base[low:end])
         dictionary = b"".join(slices)
         decompressor = zstd.ZstdDecompressor(
-            format=_FORMAT,
-            dict_data=zstd.ZstdCompressionDict(dictionary, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-            if dictionary else None)
+            format=_FORMAT, dict_data=_raw_dict(dictionary) if dictionary else None)
         limit = header.raw_len + 32 * (header.raw_len // _MIN_RUN + 2)
         payload = _inflate(decompressor, frame[pos:], limit)
         ops, pos = _get_varint(payload, 0)
