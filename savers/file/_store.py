@@ -1248,7 +1248,8 @@ class FileSystemSaver(BaseSaver):
                     head, _ = fmt.checkpoint_frame(stored)
                     pieces += [head, stored.record]
             if pieces:
-                with self._os_errors("rewrite keyframes", tf):
+                with self._os_errors("rewrite checkpoint " + ", ".join(
+                        repr(stored.id) for stored in items), tf):
                     self._append(tf, pieces)
             return len(pieces) // 2
 

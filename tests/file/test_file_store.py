@@ -465,6 +465,33 @@ def test_enospc_during_an_append_stores_nothing_and_damages_nothing(
     assert saver.put(Checkpoint("t", {"messages": [], "turn": 5})).parent_id == puts[-1].id
 
 
+
+def test_enospc_during_a_rewrite_names_the_checkpoints_and_damages_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saver = FileSystemSaver(tmp_path)
+    puts = chat(saver, "t", 3)
+    path = saver.thread_path("t")
+    before = Path(path).read_bytes()
+    real = _store._write_all
+
+    def full(fd: int, pieces: Any, offset: int) -> int:
+        data = b"".join(bytes(p) for p in pieces)
+        real(fd, [data[: len(data) // 2]], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    stored = [saver._read("t", "", p.id) for p in puts[:2]]
+    monkeypatch.setattr(_store, "_write_all", full)
+    with pytest.raises(FileStoreError) as info:
+        saver._replace_many(stored)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC and "'t'" in message
+    assert all(repr(p.id) in message for p in puts[:2])
+    assert Path(path).read_bytes() == before
+    monkeypatch.undo()
+    fresh = FileSystemSaver(tmp_path)
+    assert [(c.id, c.state) for c in fresh.list("t")] == [(p.id, p.state) for p in reversed(puts)]
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Any:
     """A 256 KiB tmpfs (root only; skipped where mounting is not allowed)."""
