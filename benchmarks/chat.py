@@ -152,6 +152,7 @@ def _run(turns: int, policy: KeyframePolicy | None, store: str, tmp: str) -> dic
     return {
         "store": store,
         "turns": turns,
+        "policy": dataclasses.asdict(saver.policy),
         "checkpoints": len(states),
         "final_state_bytes": len(final_raw),
         "stored_bytes": stored,
@@ -233,11 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json_dir.mkdir(parents=True, exist_ok=True)
     for store in args.store:
         path = args.json_dir / f"chat-{store}.json"
-        used = policy or (MemorySaver() if store == "memory" else FileSystemSaver(
-            args.json_dir / "unused")).policy
-        path.write_text(json.dumps({"machine": info, "policy": dataclasses.asdict(used),
-                                    "results": [r for r in results if r["store"] == store]},
-                                   indent=2) + "\n")
+        mine = [r for r in results if r["store"] == store]
+        path.write_text(json.dumps({"machine": info, "policy": mine[0]["policy"],
+                                    "results": mine}, indent=2) + "\n")
         print(f"wrote {path}")
     return 1 if failed and args.check else 0
 
