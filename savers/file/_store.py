@@ -43,6 +43,7 @@ from ..base import HEAD_MOVED, BaseSaver, Flow, R, StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
 from ..memory import _same_json
 from . import _format as fmt
+from . import _syscalls
 from ._index import Entry, Index, Space, WriteEntry
 
 try:
@@ -91,13 +92,14 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
 def _write_all(fd: int, pieces: Sequence[bytes | memoryview], offset: int) -> int:
     """Write ``pieces`` one after the other at ``offset`` (one ``pwritev`` when it can);
     returns the bytes written."""
-    written = 0
-    if 1 < len(pieces) <= 512 and hasattr(os, "pwritev"):  # within IOV_MAX
-        total = sum(len(piece) for piece in pieces)
-        if total <= _MAX_PREAD:
-            written = os.pwritev(fd, pieces, offset)
-            if written == total:
-                return written
+    total = sum(len(piece) for piece in pieces)
+    written = _syscalls.pwritev(fd, pieces, offset)  # small writes: no GIL hand-over
+    if written is None:
+        written = 0
+        if 1 < len(pieces) <= 512 and hasattr(os, "pwritev") and total <= _MAX_PREAD:
+            written = os.pwritev(fd, pieces, offset)  # within IOV_MAX
+    if written == total:
+        return written
     skip = written
     for piece in pieces:
         view = memoryview(piece)
@@ -453,17 +455,17 @@ class FileSystemSaver(BaseSaver):
         """Bring ``tf`` up to date with the file at its path (one ``stat`` when nothing
         changed); False when the file does not exist."""
         try:
-            st = os.stat(tf.path)
+            inode, size = _syscalls.identity(tf.path)
         except FileNotFoundError:
             tf.drop()
             return False
-        if tf.handle is None or (st.st_dev, st.st_ino) != tf.ino:
+        if tf.handle is None or inode != tf.ino:
             return self._open(tf)
         assert tf.index is not None
-        if st.st_size != tf.seen_size:
-            if st.st_size < tf.index.end:  # cut below what we indexed: start over
+        if size != tf.seen_size:
+            if size < tf.index.end:  # cut below what we indexed: start over
                 return self._open(tf)
-            self._scan(tf, st.st_size)
+            self._scan(tf, size)
         return True
 
     def _scan(self, tf: _ThreadFile, size: int) -> None:
@@ -660,7 +662,7 @@ class FileSystemSaver(BaseSaver):
                             os.close(os.open(tf.path, os.O_RDWR | os.O_CLOEXEC))
                             tf.drop()
                             continue
-                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                        _syscalls.lock(handle.fileno())
                         locked.append(handle)
                         # the path may name another file by now (compacted, deleted, made
                         # anew): then lock that one instead
@@ -669,7 +671,7 @@ class FileSystemSaver(BaseSaver):
                                 self._damage_check(tf)
                                 self._cut_torn_tail(tf)
                             break
-                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                        _syscalls.unlock(handle.fileno())
                         locked.pop()
                     else:
                         raise OSError(errno.EBUSY, "the file kept being replaced under this "
@@ -681,7 +683,7 @@ class FileSystemSaver(BaseSaver):
                     locked.append(tf.handle)
                 for handle in locked:
                     with contextlib.suppress(OSError, ValueError):
-                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                        _syscalls.unlock(handle.fileno())
 
     def _cut_torn_tail(self, tf: _ThreadFile) -> None:
         index = tf.index
