@@ -348,6 +348,11 @@ class BaseSaver:
         self.serializer = serializer if serializer is not None else Serializer()
         self.policy = policy if policy is not None else codec.KeyframePolicy()
         self._cache = _RawCache(cache_bytes)
+        #: states ``list`` (or ``get_writes``) just decoded, for the pending writes stored
+        #: as copies of them that a caller reads next (kept apart: a long listing must not
+        #: push the states puts continue from out of ``_cache``)
+        self._listed = _RawCache(min(cache_bytes, 16 << 20))
+        self._putting: Counter[tuple[str, str, str]] = Counter()  # puts running, by id
         self._turns = _Turns()
         #: the highest seq seen per (thread, namespace): a put naming its parent takes the
         #: next one without reading the latest first (HEAD_MOVED corrects a stale guess)
@@ -359,7 +364,7 @@ class BaseSaver:
         """Store ``checkpoint``; returns it with ``id``, ``step``, ``parent_id`` and
         ``created_at`` filled. Re-putting an id with the same content is a no-op; with other
         content it raises :class:`ConflictError`."""
-        with self._turns.hold(_space_of(checkpoint)):
+        with self._turns.hold(_space_of(checkpoint)), self._in_flight(checkpoint):
             return self._run(self._put_flow(checkpoint))
 
     def get(
@@ -409,6 +414,9 @@ class BaseSaver:
     ) -> None:
         """Attach pending writes to a checkpoint. A write whose ``(task_id, index)`` is
         already stored is kept as it was, unless ``replace`` is true."""
+        if self._awaits_put(thread_id, namespace, checkpoint_id):
+            with self._turns.hold((thread_id, namespace)):
+                pass
         self._run(self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
 
     def get_writes(
@@ -459,7 +467,8 @@ class BaseSaver:
     # -- public API, async -----------------------------------------------------------
     async def aput(self, checkpoint: Checkpoint) -> Checkpoint:
         async with self._turns.ahold(_space_of(checkpoint)):
-            return await self._arun(self._put_flow(checkpoint))
+            with self._in_flight(checkpoint):
+                return await self._arun(self._put_flow(checkpoint))
 
     async def aget(
         self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
@@ -500,6 +509,9 @@ class BaseSaver:
         namespace: str = "",
         replace: bool = False,
     ) -> None:
+        if self._awaits_put(thread_id, namespace, checkpoint_id):
+            async with self._turns.ahold((thread_id, namespace)):
+                pass
         await self._arun(
             self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace)
         )
@@ -710,6 +722,36 @@ class BaseSaver:
                 and len(raw) >= _REVERSE_MIN_RAW and self._reverse_allowed()):
             yield from self._reverse_older_masters(parent, written)
         return stored.to_checkpoint(checkpoint.state)
+
+    @contextlib.contextmanager
+    def _in_flight(self, checkpoint: Checkpoint) -> Iterator[None]:
+        """Mark a put of a named checkpoint as running (its caller holds the turn of its
+        thread and namespace): see :meth:`_awaits_put`."""
+        space = _space_of(checkpoint)
+        checkpoint_id = getattr(checkpoint, "id", None)
+        if space is None or not isinstance(checkpoint_id, str):
+            yield
+            return
+        key = (*space, checkpoint_id)
+        self._putting[key] += 1
+        try:
+            yield
+        finally:
+            self._putting[key] -= 1
+            if not self._putting[key]:
+                del self._putting[key]
+
+    def _awaits_put(self, thread_id: object, namespace: object, checkpoint_id: object) -> bool:
+        """Is the checkpoint these pending writes belong to being put right now? (LangGraph
+        hands both calls to its background threads at once.) Then the writes wait for that
+        put, so the checkpoint's state is at hand to store them as copies of it."""
+        return (isinstance(thread_id, str) and isinstance(namespace, str)
+                and isinstance(checkpoint_id, str)
+                and (thread_id, namespace, checkpoint_id) in self._putting)
+
+    def _drop_cached(self, thread_id: str) -> None:
+        self._cache.drop_thread(thread_id)
+        self._listed.drop_thread(thread_id)
 
     def _reverse_allowed(self) -> bool:
         """May older keyframes become reverse records against newer ones here? Not where
@@ -943,6 +985,7 @@ class BaseSaver:
                 memo.clear()
                 chain = item.keyframe_id
             raw = memo.get(item.id) or self._decode(item, lookup, memo)
+            self._listed.put((thread_id, namespace, item.id), _Known(raw, self._header(item)))
             yield _Emit(item.to_checkpoint(self._loads(raw, item)))
 
     def _put_writes_flow(
@@ -957,6 +1000,11 @@ class BaseSaver:
         _check_optional_id("checkpoint_id", checkpoint_id)
         if checkpoint_id is None:
             raise ValueError("put_writes needs a checkpoint_id")
+        # The checkpoint's state, if at hand (it usually is: written or read just before),
+        # so that a write passing on bytes of it is stored as a copy of them.
+        known = self._cache.get((thread_id, namespace, checkpoint_id))
+        state = known.raw if known is not None else None
+        state_hash = known.header.raw_hash if known is not None and known.header.xxh3 else None
         stored: builtins.list[StoredWrite] = []
         for position, write in enumerate(writes):
             if not isinstance(write, PendingWrite):
@@ -970,8 +1018,8 @@ class BaseSaver:
             raw = self.serializer.dumps({"value": write.value}, root=f"writes[{position}]")
             item = StoredWrite(thread_id, namespace, checkpoint_id, write.task_id,
                                write.index, write.channel, write.task_path, b"")
-            record = codec.encode(raw, policy=self.policy,  # before any IO
-                                  where=_write_location(item)).data
+            record = codec.encode_write(raw, state, self.policy, state_hash=state_hash,
+                                        where=_write_location(item)).data  # before any IO
             stored.append(dataclasses.replace(item, record=record))
         if stored:
             yield Call("_insert_writes", (stored, replace))
@@ -991,16 +1039,56 @@ class BaseSaver:
         stored: builtins.list[StoredWrite] = yield Call(
             "_read_writes", (thread_id, namespace, ids)
         )
+        states = yield from self._write_states(thread_id, namespace, stored)
         for item in sorted(stored, key=lambda w: (w.task_path, w.task_id, w.index)):
             if item.checkpoint_id in out:
-                out[item.checkpoint_id].append(self._load_write(item))
+                out[item.checkpoint_id].append(
+                    self._load_write(item, states.get(item.checkpoint_id)))
         return out
 
-    def _load_write(self, item: StoredWrite) -> PendingWrite:
+    def _write_states(
+        self, thread_id: str, namespace: str, writes: Sequence[StoredWrite]
+    ) -> Flow[dict[str, bytes]]:
+        """The serialized states of the checkpoints whose pending writes are stored as
+        copies of them: cached (written, read or listed here), else read with one query
+        and decoded."""
+        wanted: set[str] = set()
+        for item in writes:
+            with contextlib.suppress(codec.RecordError):  # (reported when loading it)
+                if codec.write_base(item.record, _write_location(item)) is not None:
+                    wanted.add(item.checkpoint_id)
+        states: dict[str, bytes] = {}
+        missing: builtins.list[str] = []
+        for checkpoint_id in sorted(wanted):
+            key = (thread_id, namespace, checkpoint_id)
+            known = self._cache.get(key) or self._listed.get(key)
+            if known is not None:
+                states[checkpoint_id] = known.raw
+            else:
+                missing.append(checkpoint_id)
+        if missing:
+            if hasattr(self, "_read_many"):
+                items = yield Call("_read_many", (thread_id, namespace, missing))
+            else:  # a store without it: one read each
+                items = []
+                for checkpoint_id in missing:
+                    item = yield Call("_read", (thread_id, namespace, checkpoint_id))
+                    if item is not None:
+                        items.append(item)
+            lookup = {item.id: item for item in items}
+            yield from self._fetch_chains(thread_id, namespace, items, lookup)
+            memo: dict[str, bytes] = {}
+            for item in items:
+                states[item.id] = memo.get(item.id) or self._decode(item, lookup, memo)
+                self._listed.put((thread_id, namespace, item.id),
+                                 _Known(states[item.id], self._header(item)))
+        return states
+
+    def _load_write(self, item: StoredWrite, state: bytes | None = None) -> PendingWrite:
         where = dict(thread_id=item.thread_id, namespace=item.namespace,
                      checkpoint_id=item.checkpoint_id)
         try:
-            (raw,) = codec.decode_path([item.record], where=[_write_location(item)])
+            raw = codec.decode_write(item.record, state, _write_location(item))
         except codec.RecordError as exc:
             raise CorruptCheckpointError(
                 f"cannot decode pending write ({item.task_id!r}, {item.index}): {exc}", **where
@@ -1051,7 +1139,7 @@ class BaseSaver:
              for item in checkpoints],
             [_moved(dataclasses.replace(item, thread_id=target), item) for item in writes],
         ))
-        self._cache.drop_thread(target)
+        self._drop_cached(target)
 
     def _read_records_flow(
         self, thread_id: str
@@ -1083,7 +1171,7 @@ class BaseSaver:
         if checkpoints or writes:
             yield Call("_copy_in", (builtins.list(checkpoints), builtins.list(writes)))
         for thread_id in {item.thread_id for item in checkpoints}:
-            self._cache.drop_thread(thread_id)
+            self._drop_cached(thread_id)
 
     def _delete_checkpoints_flow(
         self, thread_id: str, checkpoint_ids: Sequence[str], namespace: str
@@ -1130,6 +1218,7 @@ class BaseSaver:
         yield Call("_delete_checkpoints", (thread_id, namespace, sorted(doomed)))
         for checkpoint_id in doomed:
             self._cache.discard((thread_id, namespace, checkpoint_id))
+            self._listed.discard((thread_id, namespace, checkpoint_id))
 
     def _path_hits(
         self, item: StoredCheckpoint, lookup: Mapping[str, StoredCheckpoint], doomed: set[str]
@@ -1157,12 +1246,12 @@ class BaseSaver:
     def _delete_flow(self, thread_id: str) -> Flow[None]:
         _check_ids(thread_id, "")
         yield Call("_delete_thread", (thread_id,))
-        self._cache.drop_thread(thread_id)
+        self._drop_cached(thread_id)
 
     def _release_flow(self, thread_id: str) -> Flow[Release]:
         _check_ids(thread_id, "")
         version, items = yield Call("_archive", (thread_id,))
-        self._cache.drop_thread(thread_id)
+        self._drop_cached(thread_id)
         return Release(thread_id, version, self._decode_all(items))
 
     def _versions_flow(self, thread_id: str) -> Flow[builtins.list[int]]:

@@ -69,13 +69,16 @@ __all__ = [
     "content_hash",
     "decode_path",
     "decode_records",
+    "decode_write",
     "encode",
     "encode_reverse",
+    "encode_write",
     "location",
     "raw_hash",
     "read_header",
     "rebind",
     "repoint",
+    "write_base",
 ]
 
 #: 1: the checksum covers header and frame; 2: also the record's location; 3: masters
@@ -385,6 +388,74 @@ def encode_reverse(
                  master.keyframe_ratio, (), frame, where, master.xxh3)
 
 
+#: A pending write shares a run at least this long with its checkpoint's state to be
+#: stored as a copy of it.
+_WRITE_MIN_COPY = 64
+
+
+def _copy_ops(raw: bytes, state: bytes) -> list[tuple[int, int, int, int]] | None:
+    """Splice ops copying the run ``raw`` shares with ``state`` around ``raw``'s middle
+    (one search of ``state``), or None when there is none that long."""
+    if len(raw) < _WRITE_MIN_COPY:
+        return None
+    middle = (len(raw) - _PROBE) // 2
+    found = state.find(raw[middle:middle + _PROBE])
+    if found < 0:
+        return None
+    view = memoryview(state)
+    back = _run_back(raw, middle, 0, view, found)
+    start, at = middle - back, found - back
+    length = _run(raw, start, view, at)
+    if length < _WRITE_MIN_COPY:
+        return None
+    ops = [(0, start, at, length)]
+    if start + length < len(raw):
+        ops.append((start + length, len(raw), 0, 0))
+    return ops
+
+
+def encode_write(
+    raw: bytes, state: bytes | None = None, policy: KeyframePolicy = KeyframePolicy(), *,
+    state_hash: bytes | None = None, where: bytes = b"",
+) -> EncodedRecord:
+    """A pending write's record (``raw``: its serialized value). A write often passes on
+    bytes its checkpoint's serialized ``state`` holds (LangGraph's input message is in the
+    input checkpoint and in the write of the task that reads it): then the record is a
+    splice copying that run of ``state`` (a delta whose ``base_hash`` is the XXH3 of
+    ``state``, ``state_hash`` if the caller has it), else a master."""
+    if state is not None:
+        ops = _copy_ops(raw, state)
+        if ops is not None:
+            frame = _splice_frame(raw, state, ops, 0)
+            return _pack(DELTA, 2, raw, raw_hash(raw), 0,
+                         state_hash if state_hash is not None else raw_hash(state),
+                         len(frame), 0xFFFF, (), frame, where, splice=True)
+    return encode(raw, None, policy, where=where)
+
+
+def decode_write(data: bytes, state: bytes | None = None, where: bytes = b"") -> bytes:
+    """The serialized value of a pending write's record; ``state``: the serialized state
+    of its checkpoint, needed when :func:`write_base` names one."""
+    header = read_header(data, 0, where)
+    if header.is_keyframe:
+        return _decompress(data, header, None, 0)
+    if header.kind != DELTA or not header.splice:
+        raise RecordError("a pending write's record is neither a master nor a copy")
+    if state is None:
+        raise RecordError("the write is stored as a copy of its checkpoint's state, which "
+                          "is missing")
+    if raw_hash(state) != header.base_hash:
+        raise RecordError("the write is stored as a copy of a state that differs from its "
+                          "checkpoint's")
+    return _decompress(data, header, state, 0)
+
+
+def write_base(data: bytes, where: bytes = b"") -> bytes | None:
+    """The XXH3 of the checkpoint state a pending write's record copies from (None: the
+    record stands alone)."""
+    return read_header(data, 0, where).base_hash
+
+
 def repoint(roots: Sequence[Root], previous: Root, index: int) -> tuple[list[Root], list[Root]]:
     """The Fenwick step of writing master ``index`` after master ``previous``, whose
     header carried ``roots``: returns (the masters to rewrite as reverse records against
@@ -657,15 +728,20 @@ def _splice(raw: bytes, base: bytes) -> bytes | None:
     if len(base) < _SPLICE_MIN_BASE:
         return None
     ops = _splice_ops(raw, base, min(max(4096, len(raw) // 8), 64 * 1024))
-    if ops is None:
-        return None
+    return None if ops is None else _splice_frame(raw, base, ops, _SPLICE_WINDOW)
+
+
+def _splice_frame(raw: bytes, base: bytes, ops: Sequence[tuple[int, int, int, int]],
+                  window: int) -> bytes:
+    """The splice frame of ``ops`` (see :func:`_splice_ops`), its literals compressed with
+    the base's bytes up to ``window`` either side of each edit as dictionary (0: none)."""
     spans: list[list[int]] = []
     table, cursor = bytearray(), 0
     _put_varint(table, len(ops))
     for lit_start, lit_end, copy_start, copy_len in ops:
-        if lit_end > lit_start:  # the dictionary: the base around where the edit sits
-            low = max(0, cursor - _SPLICE_WINDOW)
-            high = min(len(base), cursor + _SPLICE_WINDOW)
+        if lit_end > lit_start and window:  # the dictionary: the base around the edit
+            low = max(0, cursor - window)
+            high = min(len(base), cursor + window)
             if spans and low <= spans[-1][1]:
                 spans[-1][1] = max(spans[-1][1], high)
             else:
@@ -690,12 +766,14 @@ def _splice(raw: bytes, base: bytes) -> bytes | None:
         _put_varint(head, high - low)
         end = high
     payload = bytes(table) + b"".join(raw[a:b] for a, b, _, _ in ops)
+    if not kept:
+        return bytes(head) + _compress(payload, None, 2)
     dictionary = b"".join(base[low:high] for low, high in kept)
     params = zstd.ZstdCompressionParameters.from_level(  # level 2: as small as 3 here
         2, source_size=len(payload), dict_size=len(dictionary), write_checksum=1,
         format=_FORMAT)
     compressor = zstd.ZstdCompressor(compression_params=params,
-                                     dict_data=_raw_dict(dictionary) if dictionary else None)
+                                     dict_data=_raw_dict(dictionary))
     return bytes(head) + compressor.compress(payload)
 
 

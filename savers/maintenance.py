@@ -8,6 +8,7 @@ and parses the state's msgpack without building any object.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -76,12 +77,19 @@ def verify_records(
     spaces: dict[str, dict[str, StoredCheckpoint]] = defaultdict(dict)
     for item in checkpoints:
         spaces[item.namespace][item.id] = item
+    copies: dict[str, set[str]] = defaultdict(set)  # checkpoints writes are copies of
+    for write in writes:
+        with contextlib.suppress(codec.RecordError):  # (reported below)
+            if codec.write_base(write.record, _write_location(write)) is not None:
+                copies[write.namespace].add(write.checkpoint_id)
+    states: dict[tuple[str, str], bytes] = {}
     for namespace, lookup in spaces.items():
-        problems.extend(_verify_space(saver, namespace, lookup))
+        problems.extend(_verify_space(saver, namespace, lookup, copies[namespace], states))
     for write in writes:
         where = _write_location(write)
         try:
-            (raw,) = codec.decode_path([write.record], where=[where])
+            raw = codec.decode_write(write.record,
+                                     states.get((write.namespace, write.checkpoint_id)), where)
             _parse(raw)
         except (codec.RecordError, ValueError) as exc:
             problems.append(Problem(write.thread_id, write.namespace, write.checkpoint_id,
@@ -100,8 +108,11 @@ def _parse(raw: bytes) -> None:
 
 
 def _verify_space(
-    saver: BaseSaver, namespace: str, lookup: Mapping[str, StoredCheckpoint]
+    saver: BaseSaver, namespace: str, lookup: Mapping[str, StoredCheckpoint],
+    keep: set[str], states: dict[tuple[str, str], bytes],
 ) -> list[Problem]:
+    """The problems of one namespace's checkpoints; the decoded states of those in
+    ``keep`` (pending writes are copies of them) go into ``states``."""
     problems: list[Problem] = []
     bad: set[str] = set()
     headers: dict[str, codec.RecordHeader] = {}
@@ -167,6 +178,9 @@ def _verify_space(
                 _parse(raw)
             except ValueError as exc:
                 report(item, "corrupt", str(exc))
+                continue
+            if item.id in keep:
+                states[namespace, item.id] = raw
     return problems
 
 

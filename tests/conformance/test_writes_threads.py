@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from conformance_support import assert_same
 
-from savegame.savers import BaseSaver, Checkpoint, KeyframePolicy, SerializationError
+from savegame.savers import BaseSaver, Checkpoint, KeyframePolicy, SerializationError, codec
+from savegame.savers.base import _write_location
 from savegame.savers.checkpoint import PendingWrite
 
 Call = Callable[..., Any]
@@ -109,6 +110,38 @@ def test_bad_write_stores_nothing(call: Call) -> None:
                                            PendingWrite("t", 1, "c", [Opaque()])])
     assert "writes[1]['value'][0]" in str(info.value) and "Opaque" in str(info.value)
     assert call("get_writes", "w", [first.id])[first.id] == []
+
+
+def test_a_write_passing_on_its_checkpoints_state_reads_back_cold(
+        call: Call, saver: BaseSaver) -> None:
+    """A write that passes on bytes of its checkpoint's state (as LangGraph's first task
+    passes on the input) is stored as a copy of them, and reads back after the saver
+    forgot every state, after a listing, and in a copied thread."""
+    text = "what the user said, " * 20
+    first = call("put", Checkpoint("w", {"input": {"messages": [text]}, "n": 1}))
+    assert first.id is not None
+    call("put_writes", "w", first.id, [PendingWrite("task", 0, "messages", [text]),
+                                       PendingWrite("task", 1, "branch", None)])
+    _, stored = call("read_records", "w")
+    copies = {w.channel: codec.write_base(w.record, _write_location(w)) is not None
+              for w in stored}
+    assert copies == {"messages": True, "branch": False}
+
+    def values(thread: str) -> list[Any]:
+        return [w.value for w in call("get_writes", thread, [first.id])[first.id]]
+
+    saver._cache.clear()
+    saver._listed.clear()
+    assert values("w") == [[text], None]  # the state read back for it
+    call("put", Checkpoint("w", {"n": 2}))
+    saver._cache.clear()
+    saver._listed.clear()
+    assert [c.id for c in call("list", "w")][-1] == first.id
+    assert values("w") == [[text], None]  # the listed state
+    call("copy_thread", "w", "w2")
+    saver._cache.clear()
+    saver._listed.clear()
+    assert values("w2") == [[text], None]
 
 
 def test_delete_thread_removes_writes(call: Call) -> None:

@@ -761,3 +761,41 @@ def test_edits_scattered_all_over_a_big_state_fall_back_to_zstd() -> None:
     assert child.header.kind == DELTA and not child.header.splice
     assert codec._splice_ops(new_raw, base, 1 << 30) is None  # the op bound, not the budget
     assert decode_path([parent.data, child.data]) == [base, new_raw]
+
+
+# -- pending writes stored as copies of their checkpoint's state ---------------------------
+@given(st.binary(max_size=300), st.binary(min_size=64, max_size=2000),
+       st.binary(max_size=300), st.binary(max_size=5000), st.binary(max_size=5000))
+@settings(max_examples=150, deadline=None)
+def test_a_write_copying_its_state_round_trips(head: bytes, shared: bytes, tail: bytes,
+                                               before: bytes, after: bytes) -> None:
+    """Whatever a write shares with its checkpoint's state, it decodes to itself with
+    that state; a copy needs the state, and the same state."""
+    raw, state = head + shared + tail, before + shared + after
+    where = codec.location("t", "", "c", "task", "0")
+    record = codec.encode_write(raw, state, where=where)
+    if record.header.kind == DELTA:
+        event("copy")
+        assert record.header.splice and codec.write_base(record.data, where) == raw_hash(state)
+        assert codec.decode_write(record.data, state, where) == raw
+        with pytest.raises(RecordError, match="missing"):
+            codec.decode_write(record.data, None, where)
+        with pytest.raises(RecordError, match="differs"):
+            codec.decode_write(record.data, state + b"!", where)
+    else:
+        assert record.header.is_keyframe and codec.write_base(record.data, where) is None
+        assert codec.decode_write(record.data, None, where) == raw
+    with pytest.raises(RecordError):  # bound to its location like every record
+        codec.decode_write(record.data, state, codec.location("t", "", "other", "task", "0"))
+
+
+def test_a_write_is_a_copy_only_where_it_shares_a_long_run() -> None:
+    rng = random.Random(5)
+    state = _text_base(rng, 200 * 1024)
+    message = state[150_000:150_400]
+    copied = codec.encode_write(b"\x81\xa5value" + message, state)
+    assert copied.header.kind == DELTA and len(copied.data) < 80
+    fresh = _text_base(random.Random(6), 400)
+    assert codec.encode_write(fresh, state).header.is_keyframe  # nothing in common
+    assert codec.encode_write(state[:40], state).header.is_keyframe  # too short to copy
+    assert codec.encode_write(message, None).header.is_keyframe  # no state at hand
