@@ -353,6 +353,7 @@ class BaseSaver:
         #: push the states puts continue from out of ``_cache``)
         self._listed = _RawCache(min(cache_bytes, 16 << 20))
         self._putting: Counter[tuple[str, str, str]] = Counter()  # puts running, by id
+        self._putting_lock = threading.Lock()
         self._turns = _Turns()
         #: the highest seq seen per (thread, namespace): a put naming its parent takes the
         #: next one without reading the latest first (HEAD_MOVED corrects a stale guess)
@@ -733,13 +734,15 @@ class BaseSaver:
             yield
             return
         key = (*space, checkpoint_id)
-        self._putting[key] += 1
+        with self._putting_lock:
+            self._putting[key] += 1
         try:
             yield
         finally:
-            self._putting[key] -= 1
-            if not self._putting[key]:
-                del self._putting[key]
+            with self._putting_lock:
+                self._putting[key] -= 1
+                if not self._putting[key]:
+                    del self._putting[key]
 
     def _awaits_put(self, thread_id: object, namespace: object, checkpoint_id: object) -> bool:
         """Is the checkpoint these pending writes belong to being put right now? (LangGraph

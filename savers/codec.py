@@ -391,6 +391,9 @@ def encode_reverse(
 #: A pending write shares a run at least this long with its checkpoint's state to be
 #: stored as a copy of it.
 _WRITE_MIN_COPY = 64
+#: The state bytes searched for it: this many at the start and at the end (where a state's
+#: input and its newest items sit), so that a write costs ~60 us of searching at most.
+_WRITE_SEARCH = 256 * 1024
 
 
 def _copy_ops(raw: bytes, state: bytes) -> list[tuple[int, int, int, int]] | None:
@@ -399,7 +402,10 @@ def _copy_ops(raw: bytes, state: bytes) -> list[tuple[int, int, int, int]] | Non
     if len(raw) < _WRITE_MIN_COPY:
         return None
     middle = (len(raw) - _PROBE) // 2
-    found = state.find(raw[middle:middle + _PROBE])
+    probe = raw[middle:middle + _PROBE]
+    found = state.find(probe, 0, _WRITE_SEARCH)
+    if found < 0 and len(state) > _WRITE_SEARCH:
+        found = state.find(probe, max(_WRITE_SEARCH - _PROBE, len(state) - _WRITE_SEARCH))
     if found < 0:
         return None
     view = memoryview(state)

@@ -799,3 +799,14 @@ def test_a_write_is_a_copy_only_where_it_shares_a_long_run() -> None:
     assert codec.encode_write(fresh, state).header.is_keyframe  # nothing in common
     assert codec.encode_write(state[:40], state).header.is_keyframe  # too short to copy
     assert codec.encode_write(message, None).header.is_keyframe  # no state at hand
+
+
+def test_a_write_is_searched_for_at_the_start_and_the_end_of_a_big_state() -> None:
+    """The search is bounded (256 KiB at either end): a copy from the middle of a big
+    state is not looked for, and the write is stored whole, still decoding."""
+    rng = random.Random(8)
+    state = _text_base(rng, 1024 * 1024)
+    for at, copy in ((1000, True), (len(state) - 2000, True), (500 * 1024, False)):
+        record = codec.encode_write(state[at:at + 600], state)
+        assert (record.header.kind == DELTA) is copy
+        assert codec.decode_write(record.data, state) == state[at:at + 600]
