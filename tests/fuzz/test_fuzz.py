@@ -15,6 +15,7 @@ import dataclasses
 import os
 import random
 import sys
+import zlib
 
 import msgpack
 import pytest
@@ -142,6 +143,34 @@ def test_hostile_splice_frames_fail_loudly(data):
     except RecordError:
         return
     assert out == SPLICE_NEW
+
+
+WRITE_STATE = SPLICE_BASE
+WRITE_RAW = b"\x81\xa5value" + SPLICE_BASE[5000:5600]
+WRITE_WHERE = codec.location("t", "", "c", "task", "0")
+WRITE = codec.encode_write(WRITE_RAW, WRITE_STATE, where=WRITE_WHERE).data
+WRITE_HEAD = codec.read_header(WRITE, 0, WRITE_WHERE).size
+
+
+@fuzz
+@given(st.data(), st.booleans())
+def test_mutated_write_copies_fail_loudly(data, fix):
+    """A pending write stored as a copy of its checkpoint's state, flipped, cut or grown
+    (with its checksum made right again, as a crafted record would), decodes to the same
+    value or raises RecordError."""
+    assert codec.write_base(WRITE, WRITE_WHERE) is not None
+    record = bytearray(mutated(data, WRITE))
+    size = WRITE_HEAD - 4  # a copy's header: prefix, base hash, tail, then its crc32
+    if fix and len(record) >= WRITE_HEAD:
+        record[size:WRITE_HEAD] = zlib.crc32(
+            memoryview(record)[WRITE_HEAD:],
+            zlib.crc32(memoryview(record)[:size], zlib.crc32(WRITE_WHERE))).to_bytes(4, "big")
+    record = bytes(record)
+    try:
+        out = codec.decode_write(record, WRITE_STATE, WRITE_WHERE)
+    except RecordError:
+        return
+    assert out == WRITE_RAW
 
 
 # -- the state loader, through a saver ------------------------------------------------------
