@@ -198,7 +198,12 @@ class AsyncMongoSaver(BaseSaver):
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$lt": newest[-1]["cid"]}
         query["kf"] = {"$nin": sorted({doc["kf"] for doc in newest})}
+        doomed = [doc["cid"] async for doc in self._checkpoints.find(query, {"cid": 1})]
+        if not doomed:
+            return 0
         result = await self._checkpoints.delete_many(query)
+        # and their pending writes (a crash in between leaves writes nobody reads)
+        await self._writes.delete_many(sh.ids_filter(thread_id, namespace, doomed))
         return int(result.deleted_count)
 
     async def storage_details(self) -> dict[str, Any]:

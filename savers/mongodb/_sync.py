@@ -199,7 +199,12 @@ class MongoSaver(BaseSaver):
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$lt": newest[-1]["cid"]}
         query["kf"] = {"$nin": sorted({doc["kf"] for doc in newest})}
+        doomed = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
+        if not doomed:
+            return 0
         result = self._checkpoints.delete_many(query)
+        # and their pending writes (a crash in between leaves writes nobody reads)
+        self._writes.delete_many(sh.ids_filter(thread_id, namespace, doomed))
         return int(result.deleted_count)
 
     def storage_details(self) -> dict[str, Any]:

@@ -505,6 +505,21 @@ def test_keep_last_deletes_whole_chains_only() -> None:
     assert saver.prune("t") == 0
 
 
+def test_keep_last_deletes_the_pending_writes_of_what_it_deletes() -> None:
+    saver = mongo_harness.mongomock_saver(keep_last=2, policy=KeyframePolicy(max_chain=2))
+    puts = []
+    for i in range(12):
+        puts.append(saver.put(Checkpoint("t", {"n": i, "log": [f"entry {j} " * 10
+                                                             for j in range(i)]})))
+        saver.put_writes("t", puts[-1].id or "", [PendingWrite("task", 0, "c", f"entry {i}")])
+    kept = {c.id for c in saver.list("t")}
+    assert len(kept) < 12
+    writes = {doc["cid"] for doc in saver._writes.find({"thread_id": "t"})}
+    assert writes == kept  # none left behind for deleted checkpoints
+    got = saver.get_writes("t", sorted(i for i in kept if i))
+    assert all(len(w) == 1 for w in got.values())
+
+
 def test_ttl_keeps_keyframes_alive_as_long_as_their_deltas(nx_saver: MongoSaver) -> None:
     saver = MongoSaver(nx_saver.client, database=mongo_harness.DATABASE,
                        prefix=nx_saver.names.checkpoints.replace("checkpoints", ""), ttl=3600)
