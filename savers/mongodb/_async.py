@@ -144,8 +144,8 @@ class AsyncMongoSaver(BaseSaver):
         for attr, keys, index_options in sh.INDEXES:
             await self._collection(attr).create_index(keys, **index_options)
         if self.ttl is not None:
-            attr, keys, index_options = sh.TTL_INDEX
-            await self._collection(attr).create_index(keys, **index_options)
+            for attr, keys, index_options in sh.TTL_INDEXES:
+                await self._collection(attr).create_index(keys, **index_options)
         layout = await self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
         if layout is None and await self._checkpoints.find_one({}, {"_id": 1}) is None:
             with contextlib.suppress(DuplicateKeyError):  # a new store starts at this layout
@@ -377,6 +377,13 @@ class AsyncMongoSaver(BaseSaver):
                 if attempt > self.retries:
                     raise
 
+    def _write_expiry(self) -> dt.datetime | None:
+        """When new pending writes expire: no earlier than their checkpoint, whose chain
+        expires at most ``1.1 * ttl`` after its last extension (which is in the past)."""
+        if self.ttl is None:
+            return None
+        return sh.utcnow() + dt.timedelta(seconds=1.1 * self.ttl)
+
     async def _extend_chain(self, stored: StoredCheckpoint) -> None:
         """Keep every record of the chain alive at least as long as the newest one.
 
@@ -398,8 +405,12 @@ class AsyncMongoSaver(BaseSaver):
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
         query = sh.space(stored.thread_id, stored.namespace)
         query["kf"] = stored.keyframe_id
+        chain = [doc["cid"] async for doc in self._checkpoints.find(query, {"cid": 1})]
         query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
         await self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})
+        later = sh.ids_filter(stored.thread_id, stored.namespace, chain)
+        later["exp"] = {"$lt": expire_at}  # the chain's pending writes live as long
+        await self._writes.update_many(later, {"$set": {"exp": expire_at}})
 
     async def _delete_thread(self, thread_id: str) -> None:
         await self._ensure_setup()
@@ -418,7 +429,7 @@ class AsyncMongoSaver(BaseSaver):
 
     async def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
         await self._ensure_setup()
-        docs = [sh.write_doc(write) for write in writes]
+        docs = [sh.write_doc(write, self._write_expiry()) for write in writes]
         if replace:  # one bulk command of upserts; the filter names thread_id
             await self._writes.bulk_write([
                 UpdateOne({"_id": doc["_id"], "thread_id": doc["thread_id"]},
@@ -471,7 +482,8 @@ class AsyncMongoSaver(BaseSaver):
                 await self._insert_chunks(chunks)
             heads.append(doc)
         await self._insert_docs(self._checkpoints, heads)
-        await self._insert_docs(self._writes, [sh.write_doc(write) for write in writes])
+        await self._insert_docs(self._writes, [sh.write_doc(write, expire_at)
+                                               for write in writes])
 
     async def _replace(self, stored: StoredCheckpoint) -> None:
         """Rewrite a checkpoint's record (``delete_checkpoints`` re-encodes survivors)."""

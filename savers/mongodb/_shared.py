@@ -380,15 +380,18 @@ def check_space(thread_id: object, namespace: object) -> None:
         raise TypeError(f"namespace must be a str, got {type(namespace).__qualname__}")
 
 
-def write_doc(write: StoredWrite) -> dict[str, Any]:
-    """The document of one pending write (its record is a small keyframe)."""
-    return {
+def write_doc(write: StoredWrite, expire_at: dt.datetime | None = None) -> dict[str, Any]:
+    """The document of one pending write (``expire_at``: with a ``ttl``)."""
+    doc = {
         "_id": _hash("w", write.thread_id, write.namespace, write.checkpoint_id,
                      write.task_id, write.index),
         "thread_id": write.thread_id, "ns": write.namespace, "cid": write.checkpoint_id,
         "task": write.task_id, "idx": write.index, "channel": write.channel,
         "path": write.task_path, "rec": write.record,
     }
+    if expire_at is not None:
+        doc["exp"] = expire_at
+    return doc
 
 
 def from_write_doc(doc: Mapping[str, Any]) -> StoredWrite:
@@ -545,6 +548,8 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("releases", [("thread_id", 1), ("version", 1)], {"name": "thread_version"}),
     ("writes", [("thread_id", 1), ("ns", 1), ("cid", 1)], {"name": "thread_ns_cid"}),
 )
-TTL_INDEX: tuple[str, list[tuple[str, int]], dict[str, Any]] = (
-    "checkpoints", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0},
+#: With a ``ttl``: checkpoints and pending writes are deleted once past their ``exp``.
+TTL_INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+    ("checkpoints", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0}),
+    ("writes", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0}),
 )

@@ -145,8 +145,8 @@ class MongoSaver(BaseSaver):
         for attr, keys, index_options in sh.INDEXES:
             self._collection(attr).create_index(keys, **index_options)
         if self.ttl is not None:
-            attr, keys, index_options = sh.TTL_INDEX
-            self._collection(attr).create_index(keys, **index_options)
+            for attr, keys, index_options in sh.TTL_INDEXES:
+                self._collection(attr).create_index(keys, **index_options)
         layout = self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
         if layout is None and self._checkpoints.find_one({}, {"_id": 1}) is None:
             with contextlib.suppress(DuplicateKeyError):  # a new store starts at this layout
@@ -378,6 +378,13 @@ class MongoSaver(BaseSaver):
                 if attempt > self.retries:
                     raise
 
+    def _write_expiry(self) -> dt.datetime | None:
+        """When new pending writes expire: no earlier than their checkpoint, whose chain
+        expires at most ``1.1 * ttl`` after its last extension (which is in the past)."""
+        if self.ttl is None:
+            return None
+        return sh.utcnow() + dt.timedelta(seconds=1.1 * self.ttl)
+
     def _extend_chain(self, stored: StoredCheckpoint) -> None:
         """Keep every record of the chain alive at least as long as the newest one.
 
@@ -399,8 +406,12 @@ class MongoSaver(BaseSaver):
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
         query = sh.space(stored.thread_id, stored.namespace)
         query["kf"] = stored.keyframe_id
+        chain = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
         query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
         self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})
+        later = sh.ids_filter(stored.thread_id, stored.namespace, chain)
+        later["exp"] = {"$lt": expire_at}  # the chain's pending writes live as long
+        self._writes.update_many(later, {"$set": {"exp": expire_at}})
 
     def _delete_thread(self, thread_id: str) -> None:
         self._ensure_setup()
@@ -419,7 +430,7 @@ class MongoSaver(BaseSaver):
 
     def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
         self._ensure_setup()
-        docs = [sh.write_doc(write) for write in writes]
+        docs = [sh.write_doc(write, self._write_expiry()) for write in writes]
         if replace:  # one bulk command of upserts; the filter names thread_id
             self._writes.bulk_write([
                 UpdateOne({"_id": doc["_id"], "thread_id": doc["thread_id"]},
@@ -472,7 +483,8 @@ class MongoSaver(BaseSaver):
                 self._insert_chunks(chunks)
             heads.append(doc)
         self._insert_docs(self._checkpoints, heads)
-        self._insert_docs(self._writes, [sh.write_doc(write) for write in writes])
+        self._insert_docs(self._writes, [sh.write_doc(write, expire_at)
+                                               for write in writes])
 
     def _replace(self, stored: StoredCheckpoint) -> None:
         """Rewrite a checkpoint's record (``delete_checkpoints`` re-encodes survivors)."""

@@ -536,6 +536,26 @@ def test_ttl_keeps_keyframes_alive_as_long_as_their_deltas(nx_saver: MongoSaver)
     assert puts[-1].id in docs
 
 
+def test_ttl_pending_writes_expire_no_earlier_than_their_checkpoint() -> None:
+    """With a ttl, pending writes expire too (they used to stay for ever), and never
+    before their checkpoint: when a chain is extended, its writes are extended with it.
+    (On mongomock: nx-27017 turns a date set by an update into text.)"""
+    saver = mongo_harness.mongomock_saver(ttl=3600, policy=KeyframePolicy(max_chain=8))
+    first = saver.put(Checkpoint("t", {"n": 0, "log": ["x" * 50]}))
+    saver.put_writes("t", first.id or "", [PendingWrite("task", 0, "c", "value")])
+    written = saver._writes.find_one({"thread_id": "t"})
+    assert written is not None and "exp" in written
+    time.sleep(0.01)
+    saver._bumped.clear()  # as if 0.1 ttl had passed since the chain's last extension
+    saver.put(Checkpoint("t", {"n": 1, "log": ["x" * 50] * 2}, parent_id=first.id))
+    chain_expiry = saver._checkpoints.find_one({"thread_id": "t", "cid": first.id})["exp"]
+    extended = saver._writes.find_one({"thread_id": "t"})
+    assert extended is not None
+    assert extended["exp"] == chain_expiry > written["exp"]  # moved with its chain
+    ttl = [i for i in saver._writes.list_indexes() if tuple(i["key"]) == ("exp",)]
+    assert ttl and ttl[0].get("expireAfterSeconds") == 0
+
+
 def test_ttl_expiry_on_mongomock() -> None:
     saver = mongo_harness.mongomock_saver(ttl=0.05)
     saver.put(Checkpoint("t", {"n": 1}))
