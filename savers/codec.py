@@ -18,7 +18,7 @@ reverse records, and at most ``max_chain - 1`` deltas. Each master carries the F
 *roots* of its time (the masters that point to it, or will when it is converted) so the
 writer of the next master knows which records to re-point (:func:`repoint`).
 
-Layout, format 4 (big-endian)::
+Layout, formats 4 and 5 (big-endian)::
 
     magic "SG" | format u8 | flags+kind u8 | depth u16 | raw_len u32 | raw_hash 8s | index u32
     | [kind != MASTER: base_hash 8s] | chain_bytes u32 | keyframe_ratio u16
@@ -83,8 +83,12 @@ __all__ = [
 
 #: 1: the checksum covers header and frame; 2: also the record's location; 3: masters
 #: carry a number and the Fenwick roots, reverse records, no anchors; 4: the kind byte
-#: carries flags (``_XXH3``, ``_SPLICE``).
-FORMAT_VERSION = 4
+#: carries flags (``_XXH3``, ``_SPLICE``); 5: format 4's layout, written only by pending
+#: writes stored as copies of their checkpoint's state (:func:`encode_write`), so that a
+#: savegame of format 4 refuses those with "upgrade" instead of calling them damaged,
+#: and still reads everything else. The newest format this savegame reads:
+FORMAT_VERSION = 5
+_WRITTEN = 4  # the format of every other record
 #: KEYFRAME: a master (no base); DELTA: base is the parent; ANCHOR (formats 1-2 only): base
 #: is an earlier anchor; REVERSE: a former master whose base is a newer master.
 KEYFRAME, DELTA, ANCHOR, REVERSE = 0, 1, 2, 3
@@ -134,7 +138,7 @@ class RecordHeader:
     size: int  # header length in bytes; the frame follows
     index: int = 0  # the master number of the record's forward chain (0: formats 1-2)
     roots: tuple[Root, ...] = ()  # masters only
-    version: int = FORMAT_VERSION
+    version: int = _WRITTEN
     xxh3: bool = True  # raw_hash is XXH3-64 (else BLAKE2b-64, formats 1-3)
     splice: bool = False  # the frame splices the base (else a zstd frame)
 
@@ -318,9 +322,9 @@ def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
 def _pack(kind: int, depth: int, raw: bytes, digest: bytes, index: int,
           base_hash: bytes | None, chain_bytes: int, keyframe_ratio: int,
           roots: Sequence[Root], frame: bytes, where: bytes, xxh3: bool = True,
-          splice: bool = False) -> EncodedRecord:
+          splice: bool = False, version: int = _WRITTEN) -> EncodedRecord:
     flags = (_XXH3 if xxh3 else 0) | (_SPLICE if splice else 0)
-    head = _PREFIX.pack(_MAGIC, FORMAT_VERSION, kind | flags, depth, len(raw), digest, index)
+    head = _PREFIX.pack(_MAGIC, version, kind | flags, depth, len(raw), digest, index)
     if base_hash is not None:
         head += _BASE.pack(base_hash)
     head += _TAIL.pack(min(chain_bytes, 0xFFFFFFFF), keyframe_ratio)
@@ -333,7 +337,7 @@ def _pack(kind: int, depth: int, raw: bytes, digest: bytes, index: int,
     data = b"".join((head, _CRC.pack(crc), frame))
     header = RecordHeader(kind, depth, len(raw), digest, base_hash, chain_bytes,
                           keyframe_ratio, len(data) - len(frame), index, tuple(roots),
-                          FORMAT_VERSION, xxh3, splice)
+                          version, xxh3, splice)
     return EncodedRecord(data, header, kind)
 
 
@@ -435,7 +439,8 @@ def encode_write(
             frame = _splice_frame(raw, state, ops, 0)
             return _pack(DELTA, 2, raw, raw_hash(raw), 0,
                          state_hash if state_hash is not None else raw_hash(state),
-                         len(frame), 0xFFFF, (), frame, where, splice=True)
+                         len(frame), 0xFFFF, (), frame, where, splice=True,
+                         version=FORMAT_VERSION)
     return encode(raw, None, policy, where=where)
 
 

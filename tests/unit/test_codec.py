@@ -810,3 +810,18 @@ def test_a_write_is_searched_for_at_the_start_and_the_end_of_a_big_state() -> No
         record = codec.encode_write(state[at:at + 600], state)
         assert (record.header.kind == DELTA) is copy
         assert codec.decode_write(record.data, state) == state[at:at + 600]
+
+
+def test_only_write_copies_carry_format_5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A savegame reading format 4 refuses a pending write stored as a copy with
+    "upgrade" (it would otherwise call it damaged) and still reads every other record."""
+    state = _text_base(random.Random(3), 100 * 1024)
+    copy = codec.encode_write(state[2000:2600], state)
+    alone = codec.encode_write(b"nothing in common", state)
+    master = encode(state)
+    assert (copy.header.version, alone.header.version, master.header.version) == (5, 4, 4)
+    monkeypatch.setattr(codec, "FORMAT_VERSION", 4)
+    with pytest.raises(codec.UnsupportedFormatError, match="upgrade savegame"):
+        codec.decode_write(copy.data, state)
+    assert codec.decode_write(alone.data) == b"nothing in common"
+    assert decode_path([master.data]) == [state]
