@@ -39,7 +39,7 @@ import random
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -1055,11 +1055,7 @@ class BaseSaver:
         """The serialized states of the checkpoints whose pending writes are stored as
         copies of them: cached (written, read or listed here), else read with one query
         and decoded."""
-        wanted: set[str] = set()
-        for item in writes:
-            with contextlib.suppress(codec.RecordError):  # (reported when loading it)
-                if codec.write_base(item.record, _write_location(item)) is not None:
-                    wanted.add(item.checkpoint_id)
+        wanted = {checkpoint_id for _, checkpoint_id in _copy_sources(writes)}
         states: dict[str, bytes] = {}
         missing: builtins.list[str] = []
         for checkpoint_id in sorted(wanted):
@@ -1423,6 +1419,18 @@ def _location(stored: StoredCheckpoint) -> bytes:
 def _write_location(write: StoredWrite) -> bytes:
     return codec.location(write.thread_id, write.namespace, write.checkpoint_id,
                           write.task_id, str(write.index))
+
+
+def _copy_sources(writes: Iterable[StoredWrite]) -> set[tuple[str, str]]:
+    """(namespace, checkpoint id) of the checkpoints whose states these pending writes are
+    stored as copies of (a write whose record does not read is left to its decoder to
+    report)."""
+    sources: set[tuple[str, str]] = set()
+    for write in writes:
+        with contextlib.suppress(codec.RecordError):
+            if codec.write_base(write.record, _write_location(write)) is not None:
+                sources.add((write.namespace, write.checkpoint_id))
+    return sources
 
 
 def _moved(item: _Item, source: _Item) -> _Item:

@@ -8,7 +8,6 @@ and parses the state's msgpack without building any object.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,7 +17,14 @@ from typing import Any
 import msgpack
 
 from . import codec
-from .base import BaseSaver, StoredCheckpoint, StoredWrite, _location, _write_location
+from .base import (
+    BaseSaver,
+    StoredCheckpoint,
+    StoredWrite,
+    _copy_sources,
+    _location,
+    _write_location,
+)
 from .errors import CorruptCheckpointError, SavegameError
 
 __all__ = [
@@ -78,10 +84,8 @@ def verify_records(
     for item in checkpoints:
         spaces[item.namespace][item.id] = item
     copies: dict[str, set[str]] = defaultdict(set)  # checkpoints writes are copies of
-    for write in writes:
-        with contextlib.suppress(codec.RecordError):  # (reported below)
-            if codec.write_base(write.record, _write_location(write)) is not None:
-                copies[write.namespace].add(write.checkpoint_id)
+    for namespace, checkpoint_id in _copy_sources(writes):
+        copies[namespace].add(checkpoint_id)
     states: dict[tuple[str, str], bytes] = {}
     for namespace, lookup in spaces.items():
         problems.extend(_verify_space(saver, namespace, lookup, copies[namespace], states))

@@ -430,7 +430,8 @@ class MongoSaver(BaseSaver):
 
     def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
         self._ensure_setup()
-        docs = [sh.write_doc(write, self._write_expiry()) for write in writes]
+        expire_at = self._write_expiry()
+        docs = [sh.write_doc(write, expire_at) for write in writes]
         if replace:  # one bulk command of upserts; the filter names thread_id
             self._writes.bulk_write([
                 UpdateOne({"_id": doc["_id"], "thread_id": doc["thread_id"]},

@@ -440,6 +440,17 @@ def test_latest_and_by_id_reads_do_not_read_the_whole_file(tmp_path: Path,
 
 
 # -- errors: a full disk, a read-only directory, bad arguments --------------------------
+def _half_then_disk_full(real: Any) -> Any:
+    """A ``_write_all`` that writes half of what it is given, then finds the disk full."""
+
+    def full(fd: int, pieces: Any, offset: int) -> int:
+        data = b"".join(bytes(p) for p in pieces)
+        real(fd, [data[: len(data) // 2]], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return full
+
+
 def test_enospc_during_an_append_stores_nothing_and_damages_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -447,14 +458,7 @@ def test_enospc_during_an_append_stores_nothing_and_damages_nothing(
     puts = chat(saver, "t", 5)
     path = saver.thread_path("t")
     before = Path(path).read_bytes()
-    real = _store._write_all
-
-    def full(fd: int, pieces: Any, offset: int) -> int:
-        data = b"".join(bytes(p) for p in pieces)
-        real(fd, [data[: len(data) // 2]], offset)  # half of it made it, then the disk was full
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(_store, "_write_all", full)
+    monkeypatch.setattr(_store, "_write_all", _half_then_disk_full(_store._write_all))
     with pytest.raises(FileStoreError) as info:
         saver.put(Checkpoint("t", {"messages": [], "turn": 5}))
     assert info.value.errno == errno.ENOSPC and "'t'" in str(info.value)
@@ -473,15 +477,8 @@ def test_enospc_during_a_rewrite_names_the_checkpoints_and_damages_nothing(
     puts = chat(saver, "t", 3)
     path = saver.thread_path("t")
     before = Path(path).read_bytes()
-    real = _store._write_all
-
-    def full(fd: int, pieces: Any, offset: int) -> int:
-        data = b"".join(bytes(p) for p in pieces)
-        real(fd, [data[: len(data) // 2]], offset)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     stored = [saver._read("t", "", p.id) for p in puts[:2]]
-    monkeypatch.setattr(_store, "_write_all", full)
+    monkeypatch.setattr(_store, "_write_all", _half_then_disk_full(_store._write_all))
     with pytest.raises(FileStoreError) as info:
         saver._replace_many(stored)  # type: ignore[arg-type]
     message = str(info.value)
