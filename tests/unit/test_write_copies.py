@@ -8,7 +8,9 @@ import threading
 import time
 from typing import Any
 
-from savegame.savers import Checkpoint, MemorySaver, codec
+import pytest
+
+from savegame.savers import Checkpoint, CorruptCheckpointError, MemorySaver, codec
 from savegame.savers.base import _write_location
 from savegame.savers.checkpoint import PendingWrite
 from savegame.savers.maintenance import verify_records
@@ -80,3 +82,20 @@ def test_verify_checks_copies_and_reports_one_whose_state_is_gone() -> None:
     problems = verify_records(saver, [], writes)
     assert [(p.checkpoint_id, p.kind) for p in problems] == [(first.id, "write")]
     assert "missing" in problems[0].message
+
+
+def test_a_copy_whose_checkpoint_is_gone_is_an_error_naming_it() -> None:
+    """Read without the state it copies, a write is a CorruptCheckpointError naming the
+    thread, checkpoint and write, never a missing or empty value; the store is unharmed."""
+    source = MemorySaver()
+    first = source.put(Checkpoint("t", {"input": [TEXT]}))
+    source.put_writes("t", first.id or "", [PendingWrite("task", 0, "messages", [TEXT])])
+    _, writes = source.read_records("t")
+    orphan = MemorySaver()
+    orphan.write_records([], writes)  # the write without its checkpoint
+    with pytest.raises(CorruptCheckpointError) as info:
+        orphan.get_writes("t", [first.id or ""])
+    message = str(info.value)
+    assert repr(first.id) in message and "'t'" in message and "'task'" in message
+    assert "missing" in message
+    assert orphan.read_records("t")[1] == writes
