@@ -100,6 +100,8 @@ from savegame.savers.base import BaseSaver  # noqa: E402
 from savegame.savers.checkpoint import Checkpoint, PendingWrite  # noqa: E402
 from savegame.savers.registry import as_saver  # noqa: E402
 
+from . import _lists  # noqa: E402
+
 __all__ = ["COMMON_TYPES", "Checkpointer", "strict_serde"]
 
 _T = TypeVar("_T")
@@ -153,8 +155,9 @@ _COUNTERS = "counters_since_delta_snapshot"
 _LIST_BATCH = 64
 #: How many (thread, namespace) places keep their last serialized channel values.
 _BLOB_PLACES = 64
-#: A channel's version, the object it was serialized from, and the serialized value.
-_Blob = tuple[Any, Any, tuple[str, bytes]]
+#: A channel's version, the object it was serialized from, the serialized value, and how a
+#: list value splits into its elements' bytes (None: serialized whole).
+_Blob = tuple[Any, Any, tuple[str, bytes], _lists.Split | None]
 #: The "object" of a carried channel value: never a value LangGraph passes.
 _CARRIED: Any = object()
 
@@ -205,6 +208,9 @@ class Checkpointer(BaseCheckpointSaver[int]):
         #: The channel values of the last put per (thread, namespace), serialized: see _values.
         self._blobs: OrderedDict[tuple[str, str], tuple[str, dict[str, _Blob]]] = OrderedDict()
         self._blobs_lock = threading.Lock()
+        #: Whether list channels are serialized element by element (see _lists): only with
+        #: JsonPlusSerializer itself, once the first list so made equals its own bytes.
+        self._split_lists: bool | None = None if type(self.serde) is JsonPlusSerializer else False
         #: The event loop the async methods of an async-only saver last ran on: sync calls
         #: from other threads are run there.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -354,13 +360,13 @@ class Checkpointer(BaseCheckpointSaver[int]):
                 lambda: self.aput(config, checkpoint, metadata, new_versions), "put")
         thread_id, namespace, parent_id = _target(config)
         place = (thread_id, namespace)
-        values, carry = self._values(place, parent_id, checkpoint, new_versions)
+        values, carry, splits = self._values(place, parent_id, checkpoint, new_versions)
         if carry and parent_id is not None:
             parent = self.saver.get(thread_id, parent_id, namespace=namespace)
             _carry_forward(values, carry, parent, checkpoint)
         self.saver.put(self._record(config, checkpoint, metadata, values))
         self._remember(place, checkpoint["id"], checkpoint["channel_versions"],
-                       checkpoint["channel_values"], values)
+                       checkpoint["channel_values"], values, splits)
         return _config(thread_id, namespace, checkpoint["id"])
 
     def put_writes(
@@ -541,13 +547,13 @@ class Checkpointer(BaseCheckpointSaver[int]):
         self._bind_loop()
         thread_id, namespace, parent_id = _target(config)
         place = (thread_id, namespace)
-        values, carry = self._values(place, parent_id, checkpoint, new_versions)
+        values, carry, splits = self._values(place, parent_id, checkpoint, new_versions)
         if carry and parent_id is not None:
             parent = await self.saver.aget(thread_id, parent_id, namespace=namespace)
             _carry_forward(values, carry, parent, checkpoint)
         await self.saver.aput(self._record(config, checkpoint, metadata, values))
         self._remember(place, checkpoint["id"], checkpoint["channel_versions"],
-                       checkpoint["channel_values"], values)
+                       checkpoint["channel_values"], values, splits)
         return _config(thread_id, namespace, checkpoint["id"])
 
     async def aput_writes(
@@ -676,41 +682,73 @@ class Checkpointer(BaseCheckpointSaver[int]):
         parent_id: str | None,
         checkpoint: LGCheckpoint,
         new_versions: ChannelVersions,
-    ) -> tuple[dict[str, tuple[str, bytes]], builtins.list[str]]:
-        """Serialized values of the channels in ``channel_versions``, and the unchanged
-        channels whose value was not passed (to carry over from the parent).
+    ) -> tuple[dict[str, tuple[str, bytes]], builtins.list[str], dict[str, _lists.Split]]:
+        """Serialized values of the channels in ``channel_versions``, the unchanged
+        channels whose value was not passed (to carry over from the parent), and how the
+        list values split into their elements' bytes.
 
         LangGraph passes every channel's value at every step (InMemorySaver stores only
         the versions that changed), and a chat's message list is most of the state: a
         channel whose version and value object are those this checkpointer last wrote or
-        loaded at ``place`` is not serialized again, and an unchanged channel not passed is
-        carried from there when that was the parent."""
+        loaded at ``place`` is not serialized again, a list value's leading elements that
+        are those it last wrote there are not either (:mod:`._lists`), and an unchanged
+        channel not passed is carried from there when that was the parent."""
         given = checkpoint["channel_values"]
         with self._blobs_lock:
             last_id, known = self._blobs.get(place, (None, {}))
         from_parent = parent_id is not None and last_id == parent_id
         values: dict[str, tuple[str, bytes]] = {}
+        splits: dict[str, _lists.Split] = {}
         carry: builtins.list[str] = []
         for channel, version in checkpoint["channel_versions"].items():
             seen = known.get(channel)
             same = seen is not None and seen[0] == version
             if channel in given:
                 value = given[channel]
-                values[channel] = (seen[2] if same and seen[1] is value  # type: ignore[index]
-                                   else _typed(self.serde.dumps_typed(value)))
+                if same and seen[1] is value:  # type: ignore[index]
+                    values[channel] = seen[2]  # type: ignore[index]
+                    if seen[3] is not None:  # type: ignore[index]
+                        splits[channel] = seen[3]  # type: ignore[index]
+                elif (type(value) is list and len(value) >= _lists.MIN_ITEMS
+                      and self._split_lists is not False):
+                    values[channel] = self._dump_list(value, seen, splits, channel)
+                else:
+                    values[channel] = _typed(self.serde.dumps_typed(value))
             elif channel not in new_versions:
                 if not from_parent:
                     carry.append(channel)
                 elif same:  # ``known`` is all the parent holds: nothing else to carry
                     values[channel] = seen[2]  # type: ignore[index]
-        return values, carry
+                    if seen[3] is not None:  # type: ignore[index]
+                        splits[channel] = seen[3]  # type: ignore[index]
+        return values, carry, splits
+
+    def _dump_list(self, value: builtins.list[Any], seen: _Blob | None,
+                   splits: dict[str, _lists.Split], channel: str) -> tuple[str, bytes]:
+        """A list channel value serialized element by element, reusing the bytes of the
+        elements it shares with ``seen`` (the last value written at its place); the
+        first list so made is checked against the serializer's own bytes."""
+        previous, data = (None, None) if seen is None else (seen[3], seen[2][1])
+        made = _lists.dump_list(self.serde.dumps_typed, value, previous, data)
+        if made is None:
+            return _typed(self.serde.dumps_typed(value))
+        if self._split_lists is None:
+            whole = _typed(self.serde.dumps_typed(value))
+            self._split_lists = whole == ("msgpack", made[0])
+            if not self._split_lists:
+                return whole
+        splits[channel] = made[1]
+        return ("msgpack", made[0])
 
     def _remember(self, place: tuple[str, str], checkpoint_id: str,
                   versions: Mapping[str, Any], objects: Mapping[str, Any],
-                  values: Mapping[str, tuple[str, bytes]]) -> None:
+                  values: Mapping[str, tuple[str, bytes]],
+                  splits: Mapping[str, _lists.Split] | None = None) -> None:
         """Keep the serialized channel values of the checkpoint just written or loaded at
         ``place`` with the objects they came from (see :meth:`_values`)."""
-        entry = {channel: (versions[channel], objects.get(channel, _CARRIED), value)
+        splits = splits or {}
+        entry = {channel: (versions[channel], objects.get(channel, _CARRIED), value,
+                           splits.get(channel))
                  for channel, value in values.items() if channel in versions}
         with self._blobs_lock:
             self._blobs.pop(place, None)
@@ -782,9 +820,15 @@ class Checkpointer(BaseCheckpointSaver[int]):
         values = {channel: self.serde.loads_typed(value)
                   for channel, value in state["channel_values"].items()}
         if resumed:
-            self._remember((thread_id, namespace), checkpoint_id, versions, values,
-                           {channel: _typed(tuple(value))
-                            for channel, value in state["channel_values"].items()})
+            typed = {channel: _typed(tuple(value))
+                     for channel, value in state["channel_values"].items()}
+            splits = {} if self._split_lists is False else {
+                channel: split for channel, (tag, data) in typed.items()
+                if tag == "msgpack" and type(values[channel]) is list
+                and len(values[channel]) >= _lists.MIN_ITEMS
+                and (split := _lists.split_loaded(values[channel], data)) is not None}
+            self._remember((thread_id, namespace), checkpoint_id, versions, values, typed,
+                           splits)
         checkpoint: dict[str, Any] = {
             "v": state["v"],
             "id": checkpoint_id,

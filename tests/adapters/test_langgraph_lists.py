@@ -1,0 +1,167 @@
+"""A list channel serialized element by element (savegame.adapters._lists): the bytes are
+always LangGraph's serializer's own bytes for the list, whatever edits happen between two
+puts, and only the new or changed elements are serialized again."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.graph import START, StateGraph
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+from savegame.adapters import _lists
+from savegame.adapters.langgraph import Checkpointer
+from savegame.savers import MemorySaver
+
+SERDE = JsonPlusSerializer()
+
+
+def whole(value: list[Any]) -> bytes:
+    tag, data = SERDE.dumps_typed(value)
+    assert tag == "msgpack"
+    return data
+
+
+_texts = st.text(max_size=30)
+_ints = st.integers(-(1 << 63), (1 << 63) - 1)  # what MessagePack holds
+_items = st.one_of(
+    st.builds(lambda text, n: HumanMessage(content=text, id=f"h{n}"), _texts, st.integers()),
+    st.builds(lambda text: AIMessage(content=text, additional_kwargs={"k": text}), _texts),
+    st.dictionaries(st.text(max_size=5), _ints, max_size=3),
+    st.lists(_ints, max_size=3),
+    _ints,
+    _texts,
+)
+#: An edit of the list between two puts: a new list object each time, as reducers make.
+_edits = st.one_of(
+    st.tuples(st.just("append"), _items),
+    st.tuples(st.just("insert"), st.integers(0, 1000), _items),
+    st.tuples(st.just("replace"), st.integers(0, 1000), _items),
+    st.tuples(st.just("delete"), st.integers(0, 1000)),
+    st.tuples(st.just("reassign"), st.integers(0, 1000), _texts),  # msg.content = ...
+    st.tuples(st.just("mutate"), st.integers(0, 1000), _ints),  # a dict or list item
+    st.tuples(st.just("reload")),  # the list as loaded from storage: new objects
+)
+
+
+def apply(value: list[Any], edit: tuple[Any, ...]) -> list[Any]:
+    value = list(value)
+    kind = edit[0]
+    at = edit[1] % (len(value) + 1) if kind not in {"append", "reload"} else 0
+    if kind == "append":
+        value.append(edit[1])
+    elif kind == "insert":
+        value.insert(at, edit[2])
+    elif value and kind in {"replace", "delete", "reassign", "mutate"}:
+        at %= len(value)
+        item = value[at]
+        if kind == "replace":
+            value[at] = edit[2]
+        elif kind == "delete":
+            del value[at]
+        elif kind == "reassign" and isinstance(item, (HumanMessage, AIMessage)):
+            item.content = edit[2]
+        elif kind == "mutate" and isinstance(item, dict):
+            item["m"] = edit[2]
+        elif kind == "mutate" and isinstance(item, list):
+            item.append(edit[2])
+    return value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_items, min_size=_lists.MIN_ITEMS, max_size=30), st.lists(_edits, max_size=12))
+def test_split_bytes_are_the_serializers_bytes_after_any_edits(
+        start: list[Any], edits: list[tuple[Any, ...]]) -> None:
+    value = start
+    made = _lists.dump_list(SERDE.dumps_typed, value, None, None)
+    assert made is not None and made[0] == whole(value)
+    data, split = made
+    for edit in edits:
+        if edit[0] == "reload":
+            value = SERDE.loads_typed(("msgpack", data))
+            loaded = _lists.split_loaded(value, data)
+            assert loaded is not None
+            split = loaded
+            continue
+        value = apply(value, edit)
+        made = _lists.dump_list(SERDE.dumps_typed, value, split, data)
+        assert made is not None
+        assert made[0] == whole(value), edit
+        data, split = made
+        assert split.head + split.ends[-1] == len(data) if value else True
+
+
+def test_only_new_elements_are_serialized_again() -> None:
+    calls: list[Any] = []
+
+    def dump(item: Any) -> tuple[str, bytes]:
+        calls.append(item)
+        return SERDE.dumps_typed(item)
+
+    value = [HumanMessage(content=f"m{i}") for i in range(20)]
+    data, split = _lists.dump_list(dump, value, None, None) or pytest.fail("not split")
+    calls.clear()
+    grown = [*value, AIMessage(content="new")]
+    data, split = _lists.dump_list(dump, grown, split, data) or pytest.fail("not split")
+    assert calls == [grown[-1]] and data == whole(grown)
+    calls.clear()
+    grown[3].content = "changed in place"  # a field reassigned: seen
+    again = [*grown, HumanMessage(content="next")]
+    data, split = _lists.dump_list(dump, again, split, data) or pytest.fail("not split")
+    assert calls == again[3:] and data == whole(again)
+
+
+@pytest.mark.parametrize("odd", [None, b"raw", bytearray(b"raw")])
+def test_an_element_the_serializer_tags_otherwise_falls_back_to_the_whole_list(odd: Any
+                                                                               ) -> None:
+    value = [HumanMessage(content=str(i)) for i in range(10)] + [odd]
+    assert _lists.dump_list(SERDE.dumps_typed, value, None, None) is None
+
+
+@pytest.mark.parametrize("data", [b"", b"\x92\x01\x02", b"\x81\x01\x02", b"\x9a\x01",
+                                  b"\x91\x01\x02"])
+def test_bytes_that_are_not_the_loaded_list_do_not_split(data: bytes) -> None:
+    assert _lists.split_loaded([1], data) is None
+
+
+class State(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def test_a_node_reassigning_an_old_messages_field_is_stored_as_it_is_now() -> None:
+    """An old message whose content a node reassigns while another message is added is
+    stored with its new content (the element is serialized again, not reused)."""
+
+    def chat(state: State) -> dict[str, Any]:
+        messages = state["messages"]
+        if len(messages) > 12:
+            messages[1].content = "edited"
+        return {"messages": [AIMessage(content=f"reply {len(messages)}")]}
+
+    store = MemorySaver()
+    graph = StateGraph(State).add_node("chat", chat).add_edge(START, "chat").compile(
+        checkpointer=Checkpointer(store))
+    config = {"configurable": {"thread_id": "t"}}
+    for turn in range(8):
+        graph.invoke({"messages": [HumanMessage(content=f"turn {turn}")]}, config)
+    store._cache.clear()
+    cold = StateGraph(State).add_node("chat", chat).add_edge(START, "chat").compile(
+        checkpointer=Checkpointer(store))
+    messages = cold.get_state(config).values["messages"]
+    assert [m.content for m in messages[:3]] == ["turn 0", "edited", "turn 1"]
+    assert len(messages) == 16 and messages[-1].content == "reply 15"
+
+
+def test_other_serializers_serialize_lists_whole() -> None:
+    class Mine(JsonPlusSerializer):
+        pass
+
+    assert Checkpointer(MemorySaver(), serde=Mine())._split_lists is False
+    checkpointer = Checkpointer(MemorySaver())
+    assert checkpointer._split_lists is None  # checked against the whole bytes once
