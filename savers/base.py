@@ -781,14 +781,19 @@ class BaseSaver:
                                    (previous.header.index, previous.stored.id),
                                    master.header.index)
         others = sorted({member_id for _, member_id in members} - {previous.stored.id})
+        # masters this saver rewrote before are kept with their states (below): no read
+        held = {member_id: known for member_id in others
+                if (known := self._listed.get((thread_id, namespace, member_id))) is not None
+                and known.stored is not None}
         lookup: dict[str, StoredCheckpoint] = {}
-        if others:
+        if len(held) < len(others):
             # the masters themselves are enough (each is rewritten against ``master`` and
             # decodes from one cached or listed newer master); a store that can read
             # records by id says so with ``_read_many``, else their chain groups are read
             read = "_read_many" if hasattr(self, "_read_many") else "_read_chains"
+            unread = [member_id for member_id in others if member_id not in held]
             try:
-                for item in (yield Call(read, (thread_id, namespace, others))):
+                for item in (yield Call(read, (thread_id, namespace, unread))):
                     lookup[item.id] = item
             except Exception as exc:  # a store error: the put stands, the masters stay whole
                 _log.warning("thread %r: older keyframes left whole (reading them failed: "
@@ -797,10 +802,15 @@ class BaseSaver:
         prepared = (codec.Dictionary(master.raw, len(master.raw), self.policy.delta_level)
                     if others else None)
         rewritten: builtins.list[StoredCheckpoint] = []
+        states: builtins.list[_Known] = []
         for member_id in [previous.stored.id, *others]:
             try:
                 if member_id == previous.stored.id:
                     stored, raw = previous.stored, previous.raw
+                elif member_id in held:
+                    kept = held[member_id]
+                    assert kept.stored is not None
+                    stored, raw = kept.stored, kept.raw
                 else:
                     stored = lookup[member_id]
                     if stored.depth != 1:
@@ -813,6 +823,7 @@ class BaseSaver:
                 continue  # vanished, damaged or unreadable: leave it as it is
             rewritten.append(dataclasses.replace(stored, record=encoded.data,
                                                  base_id=master.stored.id, depth=1))
+            states.append(_Known(raw, encoded.header, rewritten[-1], time.monotonic()))
         try:
             if hasattr(self, "_replace_many"):
                 yield Call("_replace_many", (rewritten,))
@@ -823,8 +834,15 @@ class BaseSaver:
         except Exception as exc:  # a store error: the put stands, the masters stay whole
             _log.warning("thread %r: older keyframes left whole (rewriting them failed: "
                          "%s: %s)", thread_id, type(exc).__name__, exc)
-        for stored in rewritten:
-            self._cache.discard((thread_id, namespace, stored.id))
+            for stored in rewritten:
+                self._cache.discard((thread_id, namespace, stored.id))
+            return
+        # The rewritten masters leave the main cache (it serves the live head) for the
+        # side cache, where the next master's Fenwick step finds those it names again.
+        for known in states:
+            assert known.stored is not None
+            self._cache.discard((thread_id, namespace, known.stored.id))
+            self._listed.put((thread_id, namespace, known.stored.id), known)
 
     @staticmethod
     def _no_parent(checkpoint: Checkpoint) -> ParentNotFoundError:

@@ -352,7 +352,8 @@ def test_keep_last_drops_whole_old_chains(where: Deployment) -> None:
 def test_keyframe_puts_read_older_keyframes_by_id_not_by_scanning(where: Deployment) -> None:
     """A sliding-window state makes most puts keyframes, and each rewrites older ones; the
     chains script (a scan of the namespace, inside Redis) made such puts O(thread length):
-    36 ms a put at 4,000 checkpoints. They read the keyframes they rewrite by id."""
+    36 ms a put at 4,000 checkpoints. They read the keyframes they rewrite by id (when
+    the saver no longer holds their states: it keeps those it rewrote, dropped here)."""
     with opened(where) as saver:
         scripts: list[str] = []
         run = saver._run_script
@@ -363,8 +364,10 @@ def test_keyframe_puts_read_older_keyframes_by_id_not_by_scanning(where: Deploym
 
         saver._run_script = counted  # type: ignore[method-assign]
         for j in range(300):
+            if j % 5 == 0:
+                saver._listed.clear()
             saver.put(Checkpoint("w", {"recent": [f"m{j - k} " + "x" * 200 for k in range(10)]}))
-        assert scripts.count("many") > 50 and "chains" not in scripts
+        assert scripts.count("many") > 20 and "chains" not in scripts
         stored, _ = saver._read_thread("w")
         whole = [c for c in stored if c.base_id is None]
         assert len(whole) == 1  # older keyframes were still rewritten against newer ones
