@@ -395,6 +395,12 @@ def encode_reverse(
 #: A pending write shares a run at least this long with its checkpoint's state to be
 #: stored as a copy of it.
 _WRITE_MIN_COPY = 64
+#: A write that copies nothing but is at least this long is compressed with the first
+#: ``_WRITE_DICT`` bytes of its checkpoint's state as dictionary: a chat's new message
+#: shares words and names with the conversation (on the 200-turn chat, 177 such writes
+#: take 59 KB instead of 83 KB, for ~25 us each; 16 KiB: 55 KB for ~70 us).
+_WRITE_MIN_DICT = 128
+_WRITE_DICT = 8 * 1024
 #: The state bytes searched for it: this many at the start and at the end (where a state's
 #: input and its newest items sit), so that a write costs ~60 us of searching at most.
 _WRITE_SEARCH = 256 * 1024
@@ -432,11 +438,16 @@ def encode_write(
     bytes its checkpoint's serialized ``state`` holds (LangGraph's input message is in the
     input checkpoint and in the write of the task that reads it): then the record is a
     splice copying that run of ``state`` (a delta whose ``base_hash`` is the XXH3 of
-    ``state``, ``state_hash`` if the caller has it), else a master."""
-    if state is not None:
+    ``state``, ``state_hash`` if the caller has it); else, when it is long enough, a
+    splice of one literal compressed with the state's first bytes as dictionary; else a
+    master."""
+    if state:
         ops = _copy_ops(raw, state)
+        window = 0
+        if ops is None and len(raw) >= _WRITE_MIN_DICT:
+            ops, window = [(0, len(raw), 0, 0)], _WRITE_DICT  # (the window is at 0)
         if ops is not None:
-            frame = _splice_frame(raw, state, ops, 0)
+            frame = _splice_frame(raw, state, ops, window)
             return _pack(DELTA, 2, raw, raw_hash(raw), 0,
                          state_hash if state_hash is not None else raw_hash(state),
                          len(frame), 0xFFFF, (), frame, where, splice=True,

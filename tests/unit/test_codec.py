@@ -795,10 +795,29 @@ def test_a_write_is_a_copy_only_where_it_shares_a_long_run() -> None:
     message = state[150_000:150_400]
     copied = codec.encode_write(b"\x81\xa5value" + message, state)
     assert copied.header.kind == DELTA and len(copied.data) < 80
-    fresh = _text_base(random.Random(6), 400)
-    assert codec.encode_write(fresh, state).header.is_keyframe  # nothing in common
     assert codec.encode_write(state[:40], state).header.is_keyframe  # too short to copy
     assert codec.encode_write(message, None).header.is_keyframe  # no state at hand
+
+
+def test_a_long_write_copying_nothing_is_compressed_against_its_states_first_bytes() -> None:
+    """A new message shares words with the conversation: with the state's first 8 KiB as
+    zstd dictionary it takes less than alone, and, like a copy, needs that state."""
+    rng = random.Random(5)
+    state = _text_base(rng, 200 * 1024)
+    words = state[:8192].split()
+    random.Random(6).shuffle(words)
+    fresh = b" ".join(words)[:600]  # the conversation's words, in a new order
+    assert codec._copy_ops(fresh, state) is None
+    record = codec.encode_write(fresh, state)
+    alone = encode(fresh)
+    assert record.header.kind == DELTA and record.header.splice
+    assert len(record.data) < 0.8 * len(alone.data)
+    assert codec.decode_write(record.data, state) == fresh
+    assert codec.write_base(record.data) == raw_hash(state)
+    with pytest.raises(RecordError, match="missing"):
+        codec.decode_write(record.data, None)
+    short = fresh[:100]  # too short to be worth a dictionary
+    assert codec.encode_write(short, state).header.is_keyframe
 
 
 def test_a_write_is_searched_for_at_the_start_and_the_end_of_a_big_state() -> None:
@@ -808,7 +827,7 @@ def test_a_write_is_searched_for_at_the_start_and_the_end_of_a_big_state() -> No
     state = _text_base(rng, 1024 * 1024)
     for at, copy in ((1000, True), (len(state) - 2000, True), (500 * 1024, False)):
         record = codec.encode_write(state[at:at + 600], state)
-        assert (record.header.kind == DELTA) is copy
+        assert (len(record.data) < 80) is copy  # else compressed against the first 8 KiB
         assert codec.decode_write(record.data, state) == state[at:at + 600]
 
 
