@@ -55,6 +55,8 @@ __all__ = [
     "NewerFormatError",
     "checkpoint_frame",
     "file_header",
+    "from_micros",
+    "micros",
     "parse_checkpoint",
     "parse_frame_head",
     "parse_write",
@@ -223,11 +225,16 @@ def _unpack_id(value: Any) -> str:
     return value
 
 
-def _micros(when: dt.datetime) -> int:
+def micros(when: dt.datetime) -> int:
+    """``when`` in microseconds since 1970 (naive = UTC), as envelopes keep it."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     delta = when - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=value)
 
 
 def _packb(value: Any) -> bytes:
@@ -251,7 +258,7 @@ def checkpoint_frame(stored: StoredCheckpoint) -> tuple[bytes, int]:
         stored.node_id,
         stored.next_node_id,
         dict(stored.metadata),
-        _micros(stored.created_at),
+        micros(stored.created_at),
         None if stored.keyframe_id == stored.id else _pack_id(stored.keyframe_id),
         base,
         stored.depth,
@@ -275,7 +282,7 @@ def parse_checkpoint(thread_id: str, fields: list[Any]) -> StoredCheckpoint:
         raise FormatError("a checkpoint envelope has fields of the wrong type")
     return StoredCheckpoint(
         thread_id, ns, checkpoint_id, parent_id, step, node, nxt, meta,
-        _EPOCH + dt.timedelta(microseconds=micros), b"",
+        from_micros(micros), b"",
         checkpoint_id if kf is None else _unpack_id(kf),
         parent_id if base is True else None if base is None else _unpack_id(base),
         depth, seq,

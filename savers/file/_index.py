@@ -130,16 +130,14 @@ class Index:
         """Apply one verified frame found at ``offset``."""
         payload_at = offset + fmt.FRAME + head.env_len
         if head.kind == fmt.CHECKPOINT:
-            stored = fmt.parse_checkpoint(self.thread_id, fields)
-            entry = Entry(stored, offset, head.size, payload_at, head.payload_len,
-                          head.payload_crc)
-            self.dead += self.spaces.setdefault(stored.namespace, Space()).add(entry)
-        elif head.kind == fmt.WRITE:
-            write = fmt.parse_write(self.thread_id, fields)
-            wentry = WriteEntry(write, offset, head.size, payload_at, head.payload_len,
-                                head.payload_crc)
-            self.dead += self.spaces.setdefault(write.namespace, Space()).add_write(wentry)
-        elif head.kind == fmt.RELEASE:
+            self.add(fmt.parse_checkpoint(self.thread_id, fields), offset, head.size,
+                     payload_at, head.payload_len, head.payload_crc)
+            return
+        if head.kind == fmt.WRITE:
+            self.add(fmt.parse_write(self.thread_id, fields), offset, head.size, payload_at,
+                     head.payload_len, head.payload_crc)
+            return
+        if head.kind == fmt.RELEASE:
             if len(fields) != 1 or not isinstance(fields[0], int) or fields[0] < 1:
                 raise fmt.FormatError("a release envelope is malformed")
             version = fields[0]
@@ -152,6 +150,18 @@ class Index:
         else:
             raise fmt.FormatError(f"frame kind {head.kind} does not belong in a thread file")
         self.end = offset + head.size
+
+    def add(self, item: StoredCheckpoint | StoredWrite, offset: int, size: int,
+            payload_at: int, payload_len: int, payload_crc: int) -> None:
+        """Add the checkpoint or pending write of a frame at ``offset`` (``record`` empty:
+        what a scan of its envelope gives, or what its writer had in hand)."""
+        if isinstance(item, StoredCheckpoint):
+            entry = Entry(item, offset, size, payload_at, payload_len, payload_crc)
+            self.dead += self.spaces.setdefault(item.namespace, Space()).add(entry)
+        else:
+            wentry = WriteEntry(item, offset, size, payload_at, payload_len, payload_crc)
+            self.dead += self.spaces.setdefault(item.namespace, Space()).add_write(wentry)
+        self.end = offset + size
 
     def space(self, namespace: str) -> Space | None:
         return self.spaces.get(namespace)

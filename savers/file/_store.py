@@ -187,6 +187,49 @@ class _ThreadFile:
 _SAVERS: weakref.WeakSet[FileSystemSaver] = weakref.WeakSet()
 
 
+class _Frames:
+    """CHECKPOINT and WRITE frames to append, with what the index learns from each: the
+    checkpoint or write it was made of (so a writer never parses its own frames back)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self._items: list[tuple[StoredCheckpoint | StoredWrite, int, int, int]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def checkpoint(self, stored: StoredCheckpoint) -> None:
+        head, crc = fmt.checkpoint_frame(stored)
+        created = stored.created_at  # as a scan reads it back: UTC, to the microsecond
+        if created.tzinfo is not dt.timezone.utc:
+            created = fmt.from_micros(fmt.micros(created))
+        self._add(head, stored.record, crc, StoredCheckpoint(
+            stored.thread_id, stored.namespace, stored.id, stored.parent_id, stored.step,
+            stored.node_id, stored.next_node_id, dict(stored.metadata), created, b"",
+            stored.keyframe_id, stored.base_id, stored.depth, stored.seq))
+
+    def write(self, write: StoredWrite) -> None:
+        head, crc = fmt.write_frame(write)
+        self._add(head, write.record, crc, StoredWrite(
+            write.thread_id, write.namespace, write.checkpoint_id, write.task_id, write.index,
+            write.channel, write.task_path, b""))
+
+    def _add(self, head: bytes, payload: bytes, crc: int,
+             bare: StoredCheckpoint | StoredWrite) -> None:
+        self.pieces += [head, payload]
+        self._items.append((bare, len(head), len(payload), crc))
+
+    def index(self, index: Index, offset: int) -> None:
+        """Add the frames, just written at ``offset``, to ``index``."""
+        for bare, head_len, payload_len, crc in self._items:
+            size = head_len + payload_len
+            index.add(bare, offset, size, offset + head_len, payload_len, crc)
+            offset += size
+
+
 def _after_fork() -> None:
     for saver in list(_SAVERS):
         saver._forget_after_fork()
@@ -694,11 +737,13 @@ class FileSystemSaver(BaseSaver):
                 _sync_file(tf.fd)
             tf.seen_size = index.end
 
-    def _append(self, tf: _ThreadFile, pieces: Sequence[bytes | memoryview]) -> None:
+    def _append(self, tf: _ThreadFile, frames: _Frames | Sequence[bytes]) -> None:
         """Append frames at the end of the locked file; on any failure (a full disk) cut
-        the file back, so nothing half-written stays, and raise."""
+        the file back, so nothing half-written stays, and raise. The index learns
+        ``_Frames`` from the objects they were made of, other frames by parsing them."""
         index = tf.index
         assert index is not None
+        pieces = frames.pieces if isinstance(frames, _Frames) else frames
         fd, end = tf.fd, index.end
         try:
             written = _write_all(fd, pieces, end)
@@ -709,7 +754,9 @@ class FileSystemSaver(BaseSaver):
                 os.ftruncate(fd, end)
             tf.seen_size = end
             raise
-        if not self._index_written(tf, pieces, end) or index.end != end + written:
+        if isinstance(frames, _Frames):
+            frames.index(index, end)
+        elif not self._index_written(tf, pieces, end) or index.end != end + written:
             self._scan(tf, end + written)  # (only if the pieces were not whole frames)
         tf.seen_size = max(tf.seen_size, end + written)
         if index.end != end + written:  # cannot happen: we just wrote whole frames
@@ -717,7 +764,7 @@ class FileSystemSaver(BaseSaver):
 
     def _index_written(self, tf: _ThreadFile, pieces: Sequence[bytes | memoryview],
                        end: int) -> bool:
-        """Index frames just appended from the bytes in hand (no read back): ``pieces`` are
+        """Index frames just appended from their bytes (no read back): ``pieces`` are
         [head + envelope, payload] per frame (no payload piece when it is empty)."""
         index = tf.index
         assert index is not None
@@ -1163,8 +1210,9 @@ class FileSystemSaver(BaseSaver):
             with self._os_errors(f"store checkpoint {stored.id!r}", tf):
                 if not index.has_live():
                     self._register(stored.thread_id, True)
-                head, _ = fmt.checkpoint_frame(stored)
-                self._append(tf, [head, stored.record])
+                frames = _Frames()
+                frames.checkpoint(stored)
+                self._append(tf, frames)
             self._after_write(tf, stored)
             return None
 
@@ -1175,7 +1223,7 @@ class FileSystemSaver(BaseSaver):
         for thread_id, items in by_thread.items():
             with self._writing(thread_id, create=True) as tf:
                 assert tf is not None and tf.index is not None
-                pieces: list[bytes | memoryview] = []
+                frames = _Frames()
                 seen: set[tuple[str, str, str, int]] = set()
                 for write in items:
                     key = (write.namespace, write.checkpoint_id, write.task_id, write.index)
@@ -1185,11 +1233,10 @@ class FileSystemSaver(BaseSaver):
                     if (present or key in seen) and not replace:
                         continue
                     seen.add(key)
-                    head, _ = fmt.write_frame(write)
-                    pieces += [head, write.record]
-                if pieces:
+                    frames.write(write)
+                if frames:
                     with self._os_errors("store pending writes", tf):
-                        self._append(tf, pieces)
+                        self._append(tf, frames)
                     self._after_write(tf, None)
 
     def _copy_in(self, checkpoints: Sequence[StoredCheckpoint], writes: Sequence[StoredWrite]
@@ -1199,7 +1246,7 @@ class FileSystemSaver(BaseSaver):
             with self._writing(thread_id, create=True) as tf:
                 assert tf is not None and tf.index is not None
                 index = tf.index
-                pieces: list[bytes | memoryview] = []
+                frames = _Frames()
                 taken: dict[str, tuple[set[str], set[int]]] = {}
                 for item in checkpoints:
                     if item.thread_id != thread_id:
@@ -1211,22 +1258,20 @@ class FileSystemSaver(BaseSaver):
                         continue
                     ids.add(item.id)
                     seqs.add(item.seq)
-                    head, _ = fmt.checkpoint_frame(item)
-                    pieces += [head, item.record]
-                adds_checkpoints = bool(pieces)
+                    frames.checkpoint(item)
+                adds_checkpoints = bool(frames)
                 for write in writes:
                     space = index.space(write.namespace)
                     if write.thread_id != thread_id or (space is not None and (
                             write.task_id, write.index) in space.writes.get(
                             write.checkpoint_id, {})):
                         continue
-                    head, _ = fmt.write_frame(write)
-                    pieces += [head, write.record]
-                if pieces:
+                    frames.write(write)
+                if frames:
                     with self._os_errors("copy checkpoints in", tf):
                         if adds_checkpoints and not index.has_live():
                             self._register(thread_id, True)
-                        self._append(tf, pieces)
+                        self._append(tf, frames)
 
     def _replace(self, stored: StoredCheckpoint) -> None:
         if not FileSystemSaver._replace_many(self, [stored]):  # (the async twin wraps both)
@@ -1241,19 +1286,18 @@ class FileSystemSaver(BaseSaver):
         with self._writing(thread_id, create=False) as tf:
             if tf is None or tf.index is None:
                 return 0
-            pieces: list[bytes | memoryview] = []
+            frames = _Frames()
             for stored in items:
                 if stored.thread_id != thread_id:
                     raise ValueError("_replace_many takes checkpoints of one thread")
                 space = tf.index.space(stored.namespace)
                 if space is not None and stored.id in space.by_id:
-                    head, _ = fmt.checkpoint_frame(stored)
-                    pieces += [head, stored.record]
-            if pieces:
+                    frames.checkpoint(stored)
+            if frames:
                 with self._os_errors("rewrite checkpoint " + ", ".join(
                         repr(stored.id) for stored in items), tf):
-                    self._append(tf, pieces)
-            return len(pieces) // 2
+                    self._append(tf, frames)
+            return len(frames)
 
     def _delete_checkpoints(self, thread_id: str, namespace: str, ids: Sequence[str]) -> None:
         doomed = set(ids)

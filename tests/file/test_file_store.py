@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import errno
 import os
 import random
@@ -358,6 +359,38 @@ def test_an_index_moved_by_a_compaction_equals_a_fresh_scan(tmp_path: Path) -> N
         scanned.end, scanned.dead, scanned.release_frames)
     assert moved.spaces == scanned.spaces and moved.versions == scanned.versions
     assert [c.state for c in saver.list("t")] == [c.state for c in fresh.list("t")]
+
+
+def test_a_writers_index_equals_a_fresh_scan_whatever_the_times_it_was_given(
+        tmp_path: Path) -> None:
+    """A writer indexes its frames from the checkpoints and writes in hand, not by
+    parsing them back: copied-in checkpoints whose times are naive or in another zone
+    are indexed as a scan reads them (UTC), and every field matches a fresh scan."""
+    saver = FileSystemSaver(tmp_path, durability="os")
+    chat(saver, "t", 12)
+    source = MemorySaver()
+    chat(source, "c", 3)
+    stored, writes = source._read_thread("c")
+    paris = dt.timezone(dt.timedelta(hours=1))
+    times = [dt.datetime(2026, 1, 2, 3, 4, 5, 678901),  # naive: UTC
+             dt.datetime(2026, 1, 2, 4, 4, 5, 678901, tzinfo=paris)]
+    moved = [dataclasses.replace(item, thread_id="copied", created_at=times[i % 2],
+                                 metadata={"k": [1, "two"]})
+             for i, item in enumerate(stored)]
+    saver._copy_in(moved, [dataclasses.replace(w, thread_id="copied") for w in writes])
+    for thread in ("t", "copied"):
+        tf = saver._file(thread)
+        with tf.mutex:
+            written = saver._reading(tf)
+        fresh = FileSystemSaver(tmp_path, durability="os")
+        tf2 = fresh._file(thread)
+        with tf2.mutex:
+            scanned = fresh._reading(tf2)
+        assert written is not None and scanned is not None
+        assert written.spaces == scanned.spaces and written.end == scanned.end
+    space = written.spaces[""]
+    assert {entry.stored.created_at for entry in space.by_id.values()} == {
+        dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)}
 
 
 # -- list_threads reads the registry only ----------------------------------------------
