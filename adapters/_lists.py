@@ -59,6 +59,14 @@ def _shape(item: Any) -> Any:
     return object()  # unknown (slotted objects, sets): never equal, always serialized again
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b``, False where comparing raises or is not a truth value (an array field)."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
 def array_head(count: int) -> bytes:
     """The MessagePack header of an array of ``count`` elements."""
     if count < 16:
@@ -80,8 +88,9 @@ def dump_list(dump: Callable[[Any], tuple[str, bytes]], value: list[Any],
     if previous is not None and previous_data is not None:
         same = list(map(operator.is_, value, previous.items))
         kept = same.index(False) if False in same else len(same)
-        if shapes[:kept] != previous.shapes[:kept]:
-            kept = next(i for i in range(kept) if shapes[i] != previous.shapes[i])
+        if not _equal(shapes[:kept], previous.shapes[:kept]):
+            kept = next((i for i in range(kept) if not _equal(shapes[i], previous.shapes[i])),
+                        kept)
     ends = previous.ends[:kept] if previous is not None and kept else []
     at = ends[-1] if ends else 0
     parts: list[bytes | memoryview] = [array_head(len(value))]

@@ -117,6 +117,35 @@ def test_only_new_elements_are_serialized_again() -> None:
     assert calls == again[3:] and data == whole(again)
 
 
+class Grid:
+    """A field whose == is elementwise (as numpy's): comparing it has no truth value."""
+
+    def __init__(self, cells: list[int]) -> None:
+        self.cells = cells
+
+    def __eq__(self, other: object) -> Any:
+        raise ValueError("the truth value of a grid is ambiguous")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_field_that_cannot_be_compared_counts_as_changed() -> None:
+    value = [HumanMessage(content=str(i)) for i in range(10)]
+    holder = HumanMessage(content="grid")
+    holder.__dict__["grid_shape"] = Grid([1])  # a field compared by the snapshot
+    value.append(holder)
+
+    def dump(item: Any) -> tuple[str, bytes]:
+        return SERDE.dumps_typed(item if item is not holder else HumanMessage(
+            content=f"grid {item.__dict__['grid_shape'].cells}"))
+
+    made = _lists.dump_list(dump, value, None, None)
+    assert made is not None
+    holder.__dict__["grid_shape"] = Grid([2])  # reassigned: unequal, and == raises
+    again = _lists.dump_list(dump, [*value, AIMessage(content="x")], made[1], made[0])
+    assert again is not None and b"grid [2]" in again[0] and b"grid [1]" not in again[0]
+
+
 @pytest.mark.parametrize("odd", [None, b"raw", bytearray(b"raw")])
 def test_an_element_the_serializer_tags_otherwise_falls_back_to_the_whole_list(odd: Any
                                                                                ) -> None:
