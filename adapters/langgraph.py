@@ -682,7 +682,8 @@ class Checkpointer(BaseCheckpointSaver[int]):
         parent_id: str | None,
         checkpoint: LGCheckpoint,
         new_versions: ChannelVersions,
-    ) -> tuple[dict[str, tuple[str, bytes]], builtins.list[str], dict[str, _lists.Split]]:
+    ) -> tuple[dict[str, tuple[str, bytes]], builtins.list[str],
+               dict[str, _lists.Split | None]]:
         """Serialized values of the channels in ``channel_versions``, the unchanged
         channels whose value was not passed (to carry over from the parent), and how the
         list values split into their elements' bytes.
@@ -698,7 +699,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
             last_id, known = self._blobs.get(place, (None, {}))
         from_parent = parent_id is not None and last_id == parent_id
         values: dict[str, tuple[str, bytes]] = {}
-        splits: dict[str, _lists.Split] = {}
+        splits: dict[str, _lists.Split | None] = {}
         carry: builtins.list[str] = []
         for channel, version in checkpoint["channel_versions"].items():
             seen = known.get(channel)
@@ -706,9 +707,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
             if channel in given:
                 value = given[channel]
                 if same and seen[1] is value:  # type: ignore[index]
-                    values[channel] = seen[2]  # type: ignore[index]
-                    if seen[3] is not None:  # type: ignore[index]
-                        splits[channel] = seen[3]  # type: ignore[index]
+                    values[channel], splits[channel] = seen[2], seen[3]  # type: ignore[index]
                 elif (type(value) is list and len(value) >= _lists.MIN_ITEMS
                       and self._split_lists is not False):
                     values[channel] = self._dump_list(value, seen, splits, channel)
@@ -718,13 +717,12 @@ class Checkpointer(BaseCheckpointSaver[int]):
                 if not from_parent:
                     carry.append(channel)
                 elif same:  # ``known`` is all the parent holds: nothing else to carry
-                    values[channel] = seen[2]  # type: ignore[index]
-                    if seen[3] is not None:  # type: ignore[index]
-                        splits[channel] = seen[3]  # type: ignore[index]
+                    values[channel], splits[channel] = seen[2], seen[3]  # type: ignore[index]
         return values, carry, splits
 
     def _dump_list(self, value: builtins.list[Any], seen: _Blob | None,
-                   splits: dict[str, _lists.Split], channel: str) -> tuple[str, bytes]:
+                   splits: dict[str, _lists.Split | None], channel: str
+                   ) -> tuple[str, bytes]:
         """A list channel value serialized element by element, reusing the bytes of the
         elements it shares with ``seen`` (the last value written at its place); the
         first list so made is checked against the serializer's own bytes."""
@@ -743,7 +741,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
     def _remember(self, place: tuple[str, str], checkpoint_id: str,
                   versions: Mapping[str, Any], objects: Mapping[str, Any],
                   values: Mapping[str, tuple[str, bytes]],
-                  splits: Mapping[str, _lists.Split] | None = None) -> None:
+                  splits: Mapping[str, _lists.Split | None] | None = None) -> None:
         """Keep the serialized channel values of the checkpoint just written or loaded at
         ``place`` with the objects they came from (see :meth:`_values`)."""
         splits = splits or {}

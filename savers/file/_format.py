@@ -270,19 +270,19 @@ def checkpoint_frame(stored: StoredCheckpoint) -> tuple[bytes, int]:
 def parse_checkpoint(thread_id: str, fields: list[Any]) -> StoredCheckpoint:
     """The StoredCheckpoint of a CHECKPOINT envelope, with an empty ``record``."""
     try:
-        ns, cid, parent, step, node, nxt, meta, micros, kf, base, depth, seq = fields
+        ns, cid, parent, step, node, nxt, meta, when, kf, base, depth, seq = fields
     except ValueError:
         raise FormatError("a checkpoint envelope has the wrong number of fields") from None
     checkpoint_id = _unpack_id(cid)
     parent_id = None if parent is None else _unpack_id(parent)
     if (type(ns) is not str or type(meta) is not dict or type(step) is not int
-            or type(micros) is not int or type(depth) is not int or type(seq) is not int
+            or type(when) is not int or type(depth) is not int or type(seq) is not int
             or (node is not None and type(node) is not str)
             or (nxt is not None and type(nxt) is not str)):
         raise FormatError("a checkpoint envelope has fields of the wrong type")
     return StoredCheckpoint(
         thread_id, ns, checkpoint_id, parent_id, step, node, nxt, meta,
-        from_micros(micros), b"",
+        from_micros(when), b"",
         checkpoint_id if kf is None else _unpack_id(kf),
         parent_id if base is True else None if base is None else _unpack_id(base),
         depth, seq,

@@ -140,16 +140,20 @@ class Index:
         if head.kind == fmt.RELEASE:
             if len(fields) != 1 or not isinstance(fields[0], int) or fields[0] < 1:
                 raise fmt.FormatError("a release envelope is malformed")
-            version = fields[0]
-            items = [entry for space in self.spaces.values() for entry in space.entries()]
-            self.versions.setdefault(version, []).extend(items)
-            self.dead += sum(w.size for space in self.spaces.values()
-                             for slot in space.writes.values() for w in slot.values())
-            self.release_frames += 1
-            self.spaces.clear()
-        else:
-            raise fmt.FormatError(f"frame kind {head.kind} does not belong in a thread file")
-        self.end = offset + head.size
+            self.release(fields[0], offset, head.size)
+            return
+        raise fmt.FormatError(f"frame kind {head.kind} does not belong in a thread file")
+
+    def release(self, version: int, offset: int, size: int) -> None:
+        """The RELEASE frame of ``version`` at ``offset``: the live run becomes that
+        version, and its pending writes dead bytes."""
+        items = [entry for space in self.spaces.values() for entry in space.entries()]
+        self.versions.setdefault(version, []).extend(items)
+        self.dead += sum(w.size for space in self.spaces.values()
+                         for slot in space.writes.values() for w in slot.values())
+        self.release_frames += 1
+        self.spaces.clear()
+        self.end = offset + size
 
     def add(self, item: StoredCheckpoint | StoredWrite, offset: int, size: int,
             payload_at: int, payload_len: int, payload_crc: int) -> None:

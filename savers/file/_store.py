@@ -188,12 +188,13 @@ _SAVERS: weakref.WeakSet[FileSystemSaver] = weakref.WeakSet()
 
 
 class _Frames:
-    """CHECKPOINT and WRITE frames to append, with what the index learns from each: the
-    checkpoint or write it was made of (so a writer never parses its own frames back)."""
+    """Frames to append, with what the index learns from each: the checkpoint or write it
+    was made of, or the version a RELEASE frame names (a writer never parses its own
+    frames back)."""
 
     def __init__(self) -> None:
         self.pieces: list[bytes] = []
-        self._items: list[tuple[StoredCheckpoint | StoredWrite, int, int, int]] = []
+        self._items: list[tuple[StoredCheckpoint | StoredWrite | int, int, int, int]] = []
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -217,6 +218,11 @@ class _Frames:
             write.thread_id, write.namespace, write.checkpoint_id, write.task_id, write.index,
             write.channel, write.task_path, b""))
 
+    def release(self, version: int) -> None:
+        head = fmt.release_frame(version)
+        self.pieces.append(head)
+        self._items.append((version, len(head), 0, 0))
+
     def _add(self, head: bytes, payload: bytes, crc: int,
              bare: StoredCheckpoint | StoredWrite) -> None:
         self.pieces += [head, payload]
@@ -224,9 +230,12 @@ class _Frames:
 
     def index(self, index: Index, offset: int) -> None:
         """Add the frames, just written at ``offset``, to ``index``."""
-        for bare, head_len, payload_len, crc in self._items:
+        for item, head_len, payload_len, crc in self._items:
             size = head_len + payload_len
-            index.add(bare, offset, size, offset + head_len, payload_len, crc)
+            if isinstance(item, int):
+                index.release(item, offset, size)
+            else:
+                index.add(item, offset, size, offset + head_len, payload_len, crc)
             offset += size
 
 
@@ -737,16 +746,15 @@ class FileSystemSaver(BaseSaver):
                 _sync_file(tf.fd)
             tf.seen_size = index.end
 
-    def _append(self, tf: _ThreadFile, frames: _Frames | Sequence[bytes]) -> None:
+    def _append(self, tf: _ThreadFile, frames: _Frames) -> None:
         """Append frames at the end of the locked file; on any failure (a full disk) cut
-        the file back, so nothing half-written stays, and raise. The index learns
-        ``_Frames`` from the objects they were made of, other frames by parsing them."""
+        the file back, so nothing half-written stays, and raise. The index learns them
+        from the objects they were made of."""
         index = tf.index
         assert index is not None
-        pieces = frames.pieces if isinstance(frames, _Frames) else frames
         fd, end = tf.fd, index.end
         try:
-            written = _write_all(fd, pieces, end)
+            written = _write_all(fd, frames.pieces, end)
             if self.durability == "fsync":
                 _sync_file(fd)
         except BaseException:
@@ -754,35 +762,10 @@ class FileSystemSaver(BaseSaver):
                 os.ftruncate(fd, end)
             tf.seen_size = end
             raise
-        if isinstance(frames, _Frames):
-            frames.index(index, end)
-        elif not self._index_written(tf, pieces, end) or index.end != end + written:
-            self._scan(tf, end + written)  # (only if the pieces were not whole frames)
+        frames.index(index, end)
         tf.seen_size = max(tf.seen_size, end + written)
         if index.end != end + written:  # cannot happen: we just wrote whole frames
             raise OSError(errno.EIO, "an appended frame did not read back")
-
-    def _index_written(self, tf: _ThreadFile, pieces: Sequence[bytes | memoryview],
-                       end: int) -> bool:
-        """Index frames just appended from their bytes (no read back): ``pieces`` are
-        [head + envelope, payload] per frame (no payload piece when it is empty)."""
-        index = tf.index
-        assert index is not None
-        offset, i = end, 0
-        while i < len(pieces):
-            piece = pieces[i]
-            head = fmt.parse_frame_head(piece) if len(piece) >= fmt.FRAME else None
-            if head is None or len(piece) != fmt.FRAME + head.env_len:
-                return False
-            i += 1
-            if head.payload_len:
-                if i >= len(pieces) or len(pieces[i]) != head.payload_len:
-                    return False
-                i += 1
-            fields = fmt.unpack_envelope(head, memoryview(piece)[fmt.FRAME:])
-            index.apply(head, fields, offset)
-            offset += head.size
-        return True
 
     def _ensure_registry(self) -> None:
         if not os.path.exists(self._registry_path):
@@ -1331,7 +1314,9 @@ class FileSystemSaver(BaseSaver):
             version = max(index.versions, default=0) + 1
             items = self._with_records(tf, index.live_entries())
             with self._os_errors("release", tf):
-                self._append(tf, [fmt.release_frame(version)])
+                frames = _Frames()
+                frames.release(version)
+                self._append(tf, frames)
                 self._register(thread_id, False)
             return version, items
 
