@@ -302,11 +302,10 @@ class Checkpointer(BaseCheckpointSaver[int]):
         if self.saver._async_only:
             return self._on_loop(lambda: self.aget_tuple(config), "get_tuple")
         thread_id, namespace, checkpoint_id = _target(config)
-        stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
-        if stored is None:
+        found = self.saver.get_with_writes(thread_id, checkpoint_id, namespace=namespace)
+        if found is None:
             return None
-        writes = self.saver.get_writes(thread_id, [_id(stored)], namespace=namespace)
-        return self._tuple(stored, writes[_id(stored)], resumed=True)
+        return self._tuple(*found, resumed=True)
 
     def list(
         self,
@@ -459,11 +458,11 @@ class Checkpointer(BaseCheckpointSaver[int]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         self._bind_loop()
         thread_id, namespace, checkpoint_id = _target(config)
-        stored = await self.saver.aget(thread_id, checkpoint_id, namespace=namespace)
-        if stored is None:
+        found = await self.saver.aget_with_writes(thread_id, checkpoint_id,
+                                                  namespace=namespace)
+        if found is None:
             return None
-        writes = await self.saver.aget_writes(thread_id, [_id(stored)], namespace=namespace)
-        return self._tuple(stored, writes[_id(stored)], resumed=True)
+        return self._tuple(*found, resumed=True)
 
     async def alist(
         self,

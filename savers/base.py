@@ -39,7 +39,15 @@ import random
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Generator,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -70,7 +78,9 @@ class StoredCheckpoint:
     is a delta against (``None`` for a keyframe), ``depth`` bounds the records a read
     decodes, ``seq`` is the checkpoint's position in its (thread, namespace)'s append order
     (1, 2, ...; 0 for records of a layout that had none). Backends store and return these
-    values untouched.
+    values untouched. ``writes`` are the checkpoint's pending writes where the backend
+    read them with it (MongoDB's layout 3 keeps them in the checkpoint's document); None
+    where it did not.
     """
 
     thread_id: str
@@ -87,6 +97,7 @@ class StoredCheckpoint:
     base_id: str | None
     depth: int
     seq: int = 0
+    writes: tuple[StoredWrite, ...] | None = dataclasses.field(default=None, compare=False)
 
     def to_checkpoint(self, state: Mapping[str, Any]) -> Checkpoint:
         return Checkpoint(
@@ -269,7 +280,7 @@ class _Turns:
                 del self._held[key]
 
     @contextlib.contextmanager
-    def hold(self, space: tuple[str, str] | None) -> Iterator[None]:
+    def hold(self, space: Hashable | None) -> Iterator[None]:
         if space is None:
             yield
             return
@@ -281,7 +292,7 @@ class _Turns:
             self._leave(space, entry)
 
     @contextlib.asynccontextmanager
-    async def ahold(self, space: tuple[str, str] | None) -> AsyncIterator[None]:
+    async def ahold(self, space: Hashable | None) -> AsyncIterator[None]:
         if space is None:
             yield
             return
@@ -292,6 +303,16 @@ class _Turns:
                 yield
         finally:
             self._leave(key, entry)
+
+
+def _writes_turn(thread_id: object, namespace: object, checkpoint_id: object) -> Hashable:
+    """The turn ``put_writes`` calls for one checkpoint take one after the other in a
+    saver: a backend merging them into one record (MongoDB's layout 3) then never races
+    itself, even on a test double whose updates are not atomic (mongomock)."""
+    if isinstance(thread_id, str) and isinstance(namespace, str) and isinstance(
+            checkpoint_id, str):
+        return "writes", thread_id, namespace, checkpoint_id
+    return None  # the flow explains what is wrong
 
 
 def _space_of(checkpoint: object) -> tuple[str, str] | None:
@@ -353,7 +374,11 @@ class BaseSaver:
         #: push the states puts continue from out of ``_cache``)
         self._listed = _RawCache(min(cache_bytes, 16 << 20))
         self._putting: Counter[tuple[str, str, str]] = Counter()  # puts running, by id
+        self._putting_spaces: Counter[tuple[str, str]] = Counter()  # and by thread
         self._putting_lock = threading.Lock()
+        #: notified when a put starts or ends (see :meth:`_writes_wait`)
+        self._put_moves = threading.Condition(self._putting_lock)
+        self._put_ended: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._turns = _Turns()
         #: the highest seq seen per (thread, namespace): a put naming its parent takes the
         #: next one without reading the latest first (HEAD_MOVED corrects a stale guess)
@@ -415,10 +440,26 @@ class BaseSaver:
     ) -> None:
         """Attach pending writes to a checkpoint. A write whose ``(task_id, index)`` is
         already stored is kept as it was, unless ``replace`` is true."""
-        if self._awaits_put(thread_id, namespace, checkpoint_id):
-            with self._turns.hold((thread_id, namespace)):
-                pass
-        self._run(self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
+        deadline: float | None = None
+        with self._putting_lock:
+            while (wait := self._writes_wait(thread_id, namespace, checkpoint_id)) is not None:
+                timeout = 1.0  # woken as a put starts or ends
+                if not wait:  # a put queued behind the one that ended may start
+                    deadline = deadline or time.monotonic() + self._queued_put_grace
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                self._put_moves.wait(timeout)
+        with self._turns.hold(_writes_turn(thread_id, namespace, checkpoint_id)):
+            self._run(
+                self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
+
+    def get_with_writes(
+        self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
+    ) -> tuple[Checkpoint, builtins.list[PendingWrite]] | None:
+        """``get`` and the checkpoint's pending writes (``get_writes``), in one query where
+        the store keeps them together."""
+        return self._run(self._get_with_writes_flow(thread_id, checkpoint_id, namespace))
 
     def get_writes(
         self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
@@ -510,12 +551,22 @@ class BaseSaver:
         namespace: str = "",
         replace: bool = False,
     ) -> None:
-        if self._awaits_put(thread_id, namespace, checkpoint_id):
-            async with self._turns.ahold((thread_id, namespace)):
-                pass
-        await self._arun(
-            self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace)
-        )
+        deadline: float | None = None
+        while (wait := self._writes_wait(thread_id, namespace, checkpoint_id)) is not None:
+            if not wait:  # a put queued behind the one that ended may start
+                deadline = deadline or time.monotonic() + self._queued_put_grace
+                if time.monotonic() >= deadline:
+                    break
+            await asyncio.sleep(0.001)
+        async with self._turns.ahold(_writes_turn(thread_id, namespace, checkpoint_id)):
+            await self._arun(
+                self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
+
+    async def aget_with_writes(
+        self, thread_id: str, checkpoint_id: str | None = None, *, namespace: str = ""
+    ) -> tuple[Checkpoint, builtins.list[PendingWrite]] | None:
+        return await self._arun(
+            self._get_with_writes_flow(thread_id, checkpoint_id, namespace))
 
     async def aget_writes(
         self, thread_id: str, checkpoint_ids: Sequence[str], *, namespace: str = ""
@@ -727,7 +778,7 @@ class BaseSaver:
     @contextlib.contextmanager
     def _in_flight(self, checkpoint: Checkpoint) -> Iterator[None]:
         """Mark a put of a named checkpoint as running (its caller holds the turn of its
-        thread and namespace): see :meth:`_awaits_put`."""
+        thread and namespace): see :meth:`_writes_wait`."""
         space = _space_of(checkpoint)
         checkpoint_id = getattr(checkpoint, "id", None)
         if space is None or not isinstance(checkpoint_id, str):
@@ -736,6 +787,8 @@ class BaseSaver:
         key = (*space, checkpoint_id)
         with self._putting_lock:
             self._putting[key] += 1
+            self._putting_spaces[space] += 1
+            self._put_moves.notify_all()
         try:
             yield
         finally:
@@ -743,14 +796,44 @@ class BaseSaver:
                 self._putting[key] -= 1
                 if not self._putting[key]:
                     del self._putting[key]
+                self._putting_spaces[space] -= 1
+                if not self._putting_spaces[space]:
+                    del self._putting_spaces[space]
+                self._put_ended[space] = time.monotonic()
+                self._put_ended.move_to_end(space)
+                while len(self._put_ended) > 4096:
+                    self._put_ended.popitem(last=False)
+                self._put_moves.notify_all()
 
-    def _awaits_put(self, thread_id: object, namespace: object, checkpoint_id: object) -> bool:
-        """Is the checkpoint these pending writes belong to being put right now? (LangGraph
-        hands both calls to its background threads at once.) Then the writes wait for that
-        put, so the checkpoint's state is at hand to store them as copies of it."""
-        return (isinstance(thread_id, str) and isinstance(namespace, str)
-                and isinstance(checkpoint_id, str)
-                and (thread_id, namespace, checkpoint_id) in self._putting)
+    #: How long pending writes for a checkpoint this saver does not know wait, after the
+    #: thread's running put ended, for a put of it queued behind that one to start.
+    _queued_put_grace: ClassVar[float] = 0.05
+
+    def _writes_wait(
+        self, thread_id: object, namespace: object, checkpoint_id: object
+    ) -> bool | None:
+        """Should pending writes wait before they are stored, so that their checkpoint's
+        state is at hand to store them as copies of it (and, on MongoDB, its document
+        exists to hold them)? LangGraph hands a checkpoint's put and its writes to its
+        background threads at once, and that put waits for the thread's previous put.
+
+        True: their checkpoint's put, or another put of the thread, is running (wait for
+        it); False: this saver does not know the checkpoint and a put of the thread just
+        ended (wait a little for the next to start); None: store them now."""
+        if not (isinstance(thread_id, str) and isinstance(namespace, str)
+                and isinstance(checkpoint_id, str)):
+            return None
+        key = (thread_id, namespace, checkpoint_id)
+        if key in self._putting:
+            return True
+        if self._cache.get(key) is not None:
+            return None
+        if (thread_id, namespace) in self._putting_spaces:
+            return True
+        ended = self._put_ended.get((thread_id, namespace))
+        if ended is not None and time.monotonic() - ended < self._queued_put_grace:
+            return False
+        return None
 
     def _drop_cached(self, thread_id: str) -> None:
         self._cache.drop_thread(thread_id)
@@ -951,13 +1034,36 @@ class BaseSaver:
     def _get_flow(
         self, thread_id: str, checkpoint_id: str | None, namespace: str
     ) -> Flow[Checkpoint | None]:
+        found = yield from self._get_read_flow(thread_id, checkpoint_id, namespace)
+        return None if found is None else found[0]
+
+    def _get_with_writes_flow(
+        self, thread_id: str, checkpoint_id: str | None, namespace: str
+    ) -> Flow[tuple[Checkpoint, builtins.list[PendingWrite]] | None]:
+        found = yield from self._get_read_flow(thread_id, checkpoint_id, namespace)
+        if found is None:
+            return None
+        checkpoint, stored = found
+        assert checkpoint.id is not None
+        if stored is not None and stored.writes is not None:  # read with the checkpoint
+            items: builtins.list[StoredWrite] = builtins.list(stored.writes)
+        else:
+            items = yield Call("_read_writes", (thread_id, namespace, [checkpoint.id]))
+        loaded = yield from self._load_writes(thread_id, namespace, [checkpoint.id], items)
+        return checkpoint, loaded[checkpoint.id]
+
+    def _get_read_flow(
+        self, thread_id: str, checkpoint_id: str | None, namespace: str
+    ) -> Flow[tuple[Checkpoint, StoredCheckpoint | None] | None]:
+        """The checkpoint, and its stored form when it was read (None: known here)."""
         _check_ids(thread_id, namespace)
         _check_optional_id("checkpoint_id", checkpoint_id)
         lookup: dict[str, StoredCheckpoint] = {}
         if checkpoint_id is not None:
             trusted = self._trusted((thread_id, namespace, checkpoint_id))
             if trusted is not None and trusted.stored is not None:  # written or read here
-                return trusted.stored.to_checkpoint(self._loads(trusted.raw, trusted.stored))
+                return (trusted.stored.to_checkpoint(self._loads(trusted.raw, trusted.stored)),
+                        None)
             stored = yield Call("_read", (thread_id, namespace, checkpoint_id))
         elif hasattr(self, "_read_latest_chain") and not self._cache.knows(thread_id, namespace):
             # Nothing cached for this thread: fetch the head and its decode path at once.
@@ -976,7 +1082,7 @@ class BaseSaver:
             lookup[stored.id] = stored
             yield from self._fetch_chains(thread_id, namespace, [stored], lookup)
             raw = self._decode(stored, lookup, {}, remember=True)
-        return stored.to_checkpoint(self._loads(raw, stored))
+        return stored.to_checkpoint(self._loads(raw, stored)), stored
 
     def _list_flow(
         self,
@@ -1054,12 +1160,20 @@ class BaseSaver:
         ids = builtins.list(dict.fromkeys(checkpoint_ids))
         for checkpoint_id in ids:
             _check_optional_id("checkpoint_id", checkpoint_id)
-        out: dict[str, builtins.list[PendingWrite]] = {i: [] for i in ids}
         if not ids:
-            return out
+            return {}
         stored: builtins.list[StoredWrite] = yield Call(
             "_read_writes", (thread_id, namespace, ids)
         )
+        return (yield from self._load_writes(thread_id, namespace, ids, stored))
+
+    def _load_writes(
+        self, thread_id: str, namespace: str, ids: Sequence[str],
+        stored: Sequence[StoredWrite],
+    ) -> Flow[dict[str, builtins.list[PendingWrite]]]:
+        """The pending writes of ``ids`` from their stored records, each list ordered by
+        ``(task_path, task_id, index)``."""
+        out: dict[str, builtins.list[PendingWrite]] = {i: [] for i in ids}
         states = yield from self._write_states(thread_id, namespace, stored)
         for item in sorted(stored, key=lambda w: (w.task_path, w.task_id, w.index)):
             if item.checkpoint_id in out:

@@ -46,7 +46,7 @@ class Tamper:
     def _key(self, thread_id: str, namespace: str, checkpoint_id: str) -> dict[str, Any]:
         from savegame.savers.mongodb import _shared
 
-        return _shared.one(thread_id, namespace, checkpoint_id)
+        return _shared.one(thread_id, namespace, checkpoint_id, _shared.LAYOUT_VERSION)
 
     def corrupt(self, thread_id: str, namespace: str, checkpoint_id: str) -> None:
         key = self._key(thread_id, namespace, checkpoint_id)
@@ -65,7 +65,7 @@ class Tamper:
         assert result.deleted_count == 1
 
     #: StoredCheckpoint field -> document field
-    FIELDS: ClassVar[dict[str, str]] = {"base_id": "base", "depth": "depth", "record": "rec",
+    FIELDS: ClassVar[dict[str, str]] = {"base_id": "base", "depth": "d", "record": "rec",
                                         "keyframe_id": "kf"}
 
     def alter(self, thread_id: str, namespace: str, checkpoint_id: str, **fields: Any) -> None:

@@ -106,13 +106,17 @@ class AsyncMongoSaver(BaseSaver):
         self._writes = db.get_collection(self.names.writes, **extra)
         self._meta = db.get_collection(self.names.meta, **extra)
         self._ready = False
-        #: A store created before layout 2 (documents without ``seq``): see ``_shared``.
-        self._legacy = False
+        #: The store's document layout (``_shared``), known once set up: a store keeps the
+        #: layout it was created with, which this saver reads and writes.
+        self._layout = sh.LAYOUT_VERSION
         #: Does the server run the one-command latest read ($graphLookup)? None: not yet
         #: known; the first failure that is not about size turns it off for this saver.
         self._chain_stage: bool | None = None
         self._bumped: OrderedDict[tuple[str, str, str], float] = OrderedDict()
-        self._bump_lock = threading.Lock()
+        self._lock = threading.Lock()  # for _bumped and _loose
+        #: Checkpoints (thread, ns, id) whose pending writes this saver put before the
+        #: checkpoint was stored (layout 3): its put moves them into its document.
+        self._loose: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     @classmethod
     def from_uri(
@@ -141,11 +145,6 @@ class AsyncMongoSaver(BaseSaver):
     async def asetup(self) -> None:
         """Create the indexes (idempotent) and collect orphaned chunks; done lazily on
         first use."""
-        for attr, keys, index_options in sh.INDEXES:
-            await self._collection(attr).create_index(keys, **index_options)
-        if self.ttl is not None:
-            for attr, keys, index_options in sh.TTL_INDEXES:
-                await self._collection(attr).create_index(keys, **index_options)
         layout = await self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
         if layout is None and await self._checkpoints.find_one({}, {"_id": 1}) is None:
             with contextlib.suppress(DuplicateKeyError):  # a new store starts at this layout
@@ -153,7 +152,12 @@ class AsyncMongoSaver(BaseSaver):
                                              "version": sh.LAYOUT_VERSION})
             layout = await self._meta.find_one({"_id": sh.LAYOUT_DOC_ID})
         sh.check_store_layout(layout)
-        self._legacy = layout is None or int(layout["version"]) < 2
+        self._layout = 1 if layout is None else int(layout["version"])
+        for attr, keys, index_options in sh.INDEXES:
+            await self._collection(attr).create_index(keys, **index_options)
+        if self.ttl is not None:
+            for attr, keys, index_options in sh.TTL_INDEXES:
+                await self._collection(attr).create_index(keys, **index_options)
         self._ready = True
         await self.acollect_orphans()
 
@@ -247,20 +251,21 @@ class AsyncMongoSaver(BaseSaver):
                 pieces.setdefault(piece["token"], []).append(piece)
         out = []
         for doc in docs:
-            out.append(sh.from_doc(doc, pieces))
+            out.append(sh.from_doc(doc, pieces, self._layout))
         return out
 
     async def _read(
         self, thread_id: str, namespace: str, checkpoint_id: str
     ) -> StoredCheckpoint | None:
         await self._ensure_setup()
-        doc = await self._checkpoints.find_one(sh.one(thread_id, namespace, checkpoint_id))
+        doc = await self._checkpoints.find_one(
+            sh.one(thread_id, namespace, checkpoint_id, self._layout))
         return None if doc is None else (await self._complete([doc]))[0]
 
     async def _read_latest(self, thread_id: str, namespace: str) -> StoredCheckpoint | None:
         await self._ensure_setup()
         doc = await self._checkpoints.find_one(
-            sh.latest_query(thread_id, namespace, self._legacy), sort=sh.LATEST_ORDER)
+            sh.latest_query(thread_id, namespace, self._layout < 2), sort=sh.LATEST_ORDER)
         return None if doc is None else (await self._complete([doc]))[0]
 
     async def _read_latest_chain(
@@ -273,7 +278,7 @@ class AsyncMongoSaver(BaseSaver):
         await self._ensure_setup()
         if self._chain_stage is not False:
             pipeline = sh.latest_chain_pipeline(self.names.checkpoints, thread_id, namespace,
-                                                self._legacy, self.policy.max_chain + 32)
+                                                self._layout < 2, self.policy.max_chain + 32)
             try:
                 cursor = await _resolve(self._checkpoints.aggregate(pipeline))
                 docs = [doc async for doc in cursor]
@@ -338,7 +343,8 @@ class AsyncMongoSaver(BaseSaver):
         expire_at = None
         if self.ttl is not None:
             expire_at = stored.created_at + dt.timedelta(seconds=self.ttl)
-        doc, chunks = sh.to_doc(stored, expire_at=expire_at, chunk_bytes=self.chunk_bytes)
+        doc, chunks = sh.to_doc(stored, layout=self._layout, expire_at=expire_at,
+                                chunk_bytes=self.chunk_bytes)
         if chunks:  # every piece is stored before the head that makes them visible
             await self._with_retries(self._insert_chunks, chunks)
         try:
@@ -350,7 +356,11 @@ class AsyncMongoSaver(BaseSaver):
                 await self._chunks.delete_many({"thread_id": stored.thread_id,
                                                 "token": sh.chunk_token(doc)})
             existing = await self._read(stored.thread_id, stored.namespace, stored.id)
-            return HEAD_MOVED if existing is None else existing
+            if existing is None:
+                return HEAD_MOVED
+            await self._adopt_loose(stored.thread_id, stored.namespace, stored.id, True)
+            return existing
+        await self._adopt_loose(stored.thread_id, stored.namespace, stored.id, True)
         if self.ttl is not None and stored.base_id is not None:
             await self._extend_chain(stored)
         if self.keep_last is not None and stored.base_id is None:
@@ -394,7 +404,7 @@ class AsyncMongoSaver(BaseSaver):
         assert self.ttl is not None
         key = (stored.thread_id, stored.namespace, stored.keyframe_id)
         now = time.time()
-        with self._bump_lock:
+        with self._lock:
             last = self._bumped.get(key)
             if last is not None and now - last < 0.1 * self.ttl:
                 return
@@ -408,9 +418,10 @@ class AsyncMongoSaver(BaseSaver):
         chain = [doc["cid"] async for doc in self._checkpoints.find(query, {"cid": 1})]
         query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
         await self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})
-        later = sh.ids_filter(stored.thread_id, stored.namespace, chain)
-        later["exp"] = {"$lt": expire_at}  # the chain's pending writes live as long
-        await self._writes.update_many(later, {"$set": {"exp": expire_at}})
+        if self._layout < 3:  # the chain's pending writes live as long (3: in its documents)
+            later = sh.ids_filter(stored.thread_id, stored.namespace, chain)
+            later["exp"] = {"$lt": expire_at}
+            await self._writes.update_many(later, {"$set": {"exp": expire_at}})
 
     async def _delete_thread(self, thread_id: str) -> None:
         await self._ensure_setup()
@@ -418,17 +429,39 @@ class AsyncMongoSaver(BaseSaver):
                            self._releases, self._chunks):
             await collection.delete_many({"thread_id": thread_id})
 
-    async def _insert_docs(self, collection: Any, docs: Sequence[Mapping[str, Any]]) -> None:
-        """Insert documents, keeping those that already exist (idempotent, unordered)."""
+    async def _insert_docs(
+        self, collection: Any, docs: Sequence[Mapping[str, Any]]
+    ) -> set[int]:
+        """Insert documents, keeping those that already exist (idempotent, unordered);
+        returns the positions of those that did."""
         if docs:
             try:
                 await collection.insert_many(list(docs), ordered=False)
             except BulkWriteError as exc:
                 if not sh.only_duplicates(exc.details):
                     raise
+                return {int(error["index"]) for error in exc.details["writeErrors"]}
+        return set()
 
     async def _insert_writes(self, writes: Sequence[StoredWrite], replace: bool) -> None:
         await self._ensure_setup()
+        if self._layout < 3:
+            await self._insert_loose(writes, replace)
+            return
+        by_checkpoint: dict[tuple[str, str, str], list[StoredWrite]] = {}
+        for write in writes:
+            key = (write.thread_id, write.namespace, write.checkpoint_id)
+            by_checkpoint.setdefault(key, []).append(write)
+        for key, group in by_checkpoint.items():
+            if not await self._embed_writes(group, replace):
+                await self._insert_loose(group, replace)
+                # its put may have stored it while they were written
+                if await self._checkpoints.find_one(sh.one(*key, 3), {"_id": 1}):
+                    await self._adopt_loose(*key)
+
+    async def _insert_loose(self, writes: Sequence[StoredWrite], replace: bool) -> None:
+        """Pending writes as documents of the writes collection (layout 2, or layout 3's
+        writes whose checkpoint is not stored)."""
         expire_at = self._write_expiry()
         docs = [sh.write_doc(write, expire_at) for write in writes]
         if replace:  # one bulk command of upserts; the filter names thread_id
@@ -441,13 +474,100 @@ class AsyncMongoSaver(BaseSaver):
         else:  # a write already stored for (task, index) is kept
             await self._insert_docs(self._writes, docs)
 
+    async def _embed_writes(self, writes: Sequence[StoredWrite], replace: bool) -> bool:
+        """Store one checkpoint's pending writes in its document (layout 3); False when
+        the checkpoint is not stored yet (LangGraph may hand a checkpoint's writes to one
+        thread before its put, queued behind the previous put, reaches this saver): the
+        writes collection keeps them, and this saver's put of it moves them in.
+
+        The usual call gives a checkpoint its first writes: one update, conditional on it
+        having none (a resend after a lost reply changes nothing)."""
+        first = writes[0]
+        key = (first.thread_id, first.namespace, first.checkpoint_id)
+        entries = [sh.write_entry(write) for write in writes]
+        where = sh.space(first.thread_id, first.namespace)
+        where["cid"] = first.checkpoint_id
+        result = await self._checkpoints.update_one(
+            {**where, "w": {"$exists": False}}, {"$set": {"w": entries}})
+        if result.matched_count:
+            return True
+        with self._lock:  # before looking: a put storing it meanwhile moves them in
+            self._loose[key] = None
+            while len(self._loose) > 4096:
+                self._loose.popitem(last=False)
+        if await self._merge_writes(where, entries, replace):
+            with self._lock:
+                self._loose.pop(key, None)
+            return True
+        return False
+
+    async def _merge_writes(
+        self, where: dict[str, Any], entries: list[dict[str, Any]], replace: bool
+    ) -> bool:
+        """Add ``entries`` to a checkpoint document's writes; False when there is none.
+
+        The document's writes are read, merged and set on condition that their change
+        count ``wn`` is still what was read, else read again (an array ``$push`` and array
+        equality are not on every server that speaks the protocol)."""
+        while True:
+            doc = await self._checkpoints.find_one(where, {"w": 1, "wn": 1})
+            if doc is None:
+                return False
+            stored = list(doc.get("w") or [])
+            merged = {sh.entry_key(entry): entry for entry in stored}
+            for entry in entries:
+                if replace or sh.entry_key(entry) not in merged:
+                    merged[sh.entry_key(entry)] = entry
+            if list(merged.values()) == stored:
+                return True
+            count = doc.get("wn")
+            unchanged = {"_id": doc["_id"], "thread_id": where["thread_id"],
+                         "wn": count if count is not None else {"$exists": False}}
+            result = await self._checkpoints.update_one(
+                unchanged, {"$set": {"w": list(merged.values()), "wn": (count or 1) + 1}})
+            if result.matched_count:
+                return True
+
+    async def _adopt_loose(
+        self, thread_id: str, namespace: str, checkpoint_id: str, if_marked: bool = False
+    ) -> None:
+        """Move pending writes put before the checkpoint was stored into its document
+        (writes put into the document since win over them); ``if_marked``: only those
+        this saver put (the put path, which must not query for every checkpoint)."""
+        key = (thread_id, namespace, checkpoint_id)
+        if if_marked and key not in self._loose:
+            return
+        where = sh.space(thread_id, namespace)
+        where["cid"] = checkpoint_id
+        docs = [doc async for doc in self._writes.find(where)]
+        if docs and not await self._merge_writes(
+                where, [sh.write_entry(sh.from_write_doc(doc)) for doc in docs], False):
+            return
+        if docs:
+            await self._writes.delete_many(
+                {"thread_id": thread_id, "_id": {"$in": [doc["_id"] for doc in docs]}})
+        with self._lock:
+            self._loose.pop(key, None)
+
     async def _read_writes(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredWrite]:
         await self._ensure_setup()
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$in": list(checkpoint_ids)}
-        return [sh.from_write_doc(doc) async for doc in self._writes.find(query)]
+        if self._layout < 3:
+            return [sh.from_write_doc(doc) async for doc in self._writes.find(query)]
+        out: list[StoredWrite] = []
+        found: set[str] = set()
+        async for doc in self._checkpoints.find(query, {"thread_id": 1, "ns": 1, "cid": 1,
+                                                        "w": 1}):
+            found.add(doc["cid"])
+            out.extend(sh.writes_of(doc))
+        absent = [cid for cid in checkpoint_ids if cid not in found]
+        if absent:  # writes put for a checkpoint that is not stored
+            query["cid"] = {"$in": absent}
+            out.extend([sh.from_write_doc(doc) async for doc in self._writes.find(query)])
+        return out
 
     async def _list_threads(self, prefix: str) -> list[str]:
         await self._ensure_setup()
@@ -465,8 +585,9 @@ class AsyncMongoSaver(BaseSaver):
         await self._ensure_setup()
         docs = [doc async for doc in self._checkpoints.find({"thread_id": thread_id},
                                                             batch_size=1000)]
-        writes = [sh.from_write_doc(doc)
-                  async for doc in self._writes.find({"thread_id": thread_id})]
+        writes = [write for doc in docs for write in sh.writes_of(doc)]
+        writes += [sh.from_write_doc(doc)
+                   async for doc in self._writes.find({"thread_id": thread_id})]
         return await self._complete(docs), writes
 
     async def _copy_in(
@@ -477,14 +598,33 @@ class AsyncMongoSaver(BaseSaver):
         expire_at = None
         if self.ttl is not None:  # a copy lives ttl from now, whole chains together
             expire_at = sh.utcnow() + dt.timedelta(seconds=self.ttl)
+        embedded: dict[tuple[str, str], list[StoredWrite]] = {}
+        loose = list(writes)
+        if self._layout >= 3:  # in their checkpoint's document where it is copied too
+            copied = {(stored.namespace, stored.id) for stored in checkpoints}
+            loose = []
+            for write in writes:
+                key = (write.namespace, write.checkpoint_id)
+                if key in copied:
+                    embedded.setdefault(key, []).append(write)
+                else:
+                    loose.append(write)
         for stored in checkpoints:
-            doc, chunks = sh.to_doc(stored, expire_at=expire_at, chunk_bytes=self.chunk_bytes)
+            doc, chunks = sh.to_doc(stored, layout=self._layout, expire_at=expire_at,
+                                    chunk_bytes=self.chunk_bytes,
+                                    writes=embedded.get((stored.namespace, stored.id), ()))
             if chunks:
                 await self._insert_chunks(chunks)
             heads.append(doc)
-        await self._insert_docs(self._checkpoints, heads)
-        await self._insert_docs(self._writes, [sh.write_doc(write, expire_at)
-                                               for write in writes])
+        for position in await self._insert_docs(self._checkpoints, heads):
+            # already there (a resumed copy): its writes join the stored document's
+            loose.extend(embedded.get((heads[position]["ns"], heads[position]["cid"]), ()))
+        if self._layout >= 3:
+            if loose:
+                await self._insert_writes(loose, False)
+        else:
+            await self._insert_docs(self._writes, [sh.write_doc(write, expire_at)
+                                                   for write in loose])
 
     async def _replace(self, stored: StoredCheckpoint) -> None:
         """Rewrite a checkpoint's record (``delete_checkpoints`` re-encodes survivors)."""
@@ -508,10 +648,11 @@ class AsyncMongoSaver(BaseSaver):
     async def _rewrite(self, stored: StoredCheckpoint) -> tuple[dict[str, Any], dict[str, Any]]:
         """The filter and update that rewrite ``stored``'s record, its chunks written
         first."""
-        doc, chunks = sh.to_doc(stored, chunk_bytes=self.chunk_bytes)
+        doc, chunks = sh.to_doc(stored, layout=self._layout, chunk_bytes=self.chunk_bytes)
         if chunks:
             await self._insert_chunks(chunks)
-        return sh.one(stored.thread_id, stored.namespace, stored.id), sh.rewrite_update(doc)
+        return (sh.one(stored.thread_id, stored.namespace, stored.id, self._layout),
+                sh.rewrite_update(doc, self._layout))
 
     async def _delete_checkpoints(
         self, thread_id: str, namespace: str, ids: Sequence[str]

@@ -23,11 +23,14 @@ Collections (names get the saver's ``prefix``):
     in between is finished, under the same version, by the next one.
 ``writes``
     pending writes (``put_writes``): ``{_id: hash(thread, ns, cid, task, idx), thread_id,
-    ns, cid, task, idx, channel, path, rec}``, indexed on (thread_id, ns, cid).
+    ns, cid, task, idx, channel, path, rec}``, indexed on (thread_id, ns, cid). Layout 3
+    keeps a checkpoint's writes in its own document (``w`` below) and this collection only
+    for writes whose checkpoint is not stored (``put_writes`` before ``put``).
 ``meta``
-    one document ``{_id: "layout", version}``: the layout the store was created with.
-    A store created before layout 2 (whose documents have no ``seq``) has none and is read
-    in *legacy* mode: its latest checkpoint is found by (seq, cid) order.
+    one document ``{_id: "layout", version}``: the layout the store was created with, which
+    every saver keeps writing (an older saver may share the store). A store created before
+    layout 2 (whose documents have no ``seq``) has none and is read in *legacy* mode: its
+    latest checkpoint is found by (seq, cid) order.
 
 Concurrency: ``seq`` numbers the checkpoints of a (thread, namespace) in append order, and
 a unique index on (thread_id, ns, seq) makes an insert that takes a seq someone else took
@@ -36,21 +39,23 @@ the same latest checkpoint (see ``savers/base.py``). The index is partial (docum
 a ``seq``), so legacy documents need none; it has ``thread_id`` as its prefix, which a
 unique index on a sharded collection needs: shard on ``{thread_id: 1}`` (ranged).
 
-Checkpoint document::
+Checkpoint document (layout 3; layouts 1 and 2 spell three fields out and keep writes
+apart, see :data:`NAMES`)::
 
-    _id        str           128-bit hash (hex) of thread_id, ns, cid (+ version in the
-                             archive); hex text, not BinData, so every server and
-                             emulator matches it
+    _id        str           128-bit hash of thread_id, ns, cid (+ version in the
+                             archive), base64url (layout 2: hex); text, not BinData, so
+                             every server and emulator matches it
     thread_id  str           every query filters on it (the shard key)
     ns         str           namespace
     cid        str           checkpoint id (time-ordered text: sorting by it is "newest")
-    parent     str?          parent checkpoint id
+    p          bin|str?      parent checkpoint id: 16 bytes (BinData 4) when it is a
+                             canonical UUID, as LangGraph's are, else text (2: ``parent``)
     kf         str           keyframe id: the root of the record's decode chain
     base       str?          the record this one is a delta against (absent: keyframe)
-    depth      int           records a read decodes
+    d          int           records a read decodes (2: ``depth``)
     seq        int           append order within (thread_id, ns); the latest is the
                              highest (absent in legacy documents)
-    step       int
+    s          int           step (2: ``step``)
     node, next str?          node_id, next_node_id
     meta       object        metadata as BSON fields: ``list(metadata=...)`` filters on
                              ``meta.<key>`` server-side
@@ -58,18 +63,26 @@ Checkpoint document::
     rec        BinData       the record (codec.py), absent when it is chunked
     chunks     object        {token, n, size} when the record is in ``chunks``
     exp        date          expiry (only with ``ttl``): a TTL index deletes the document
+    w          array         pending writes ``{t: task id (bin|str, as p), i: index,
+                             c: channel, p: task path (absent when empty), r: record}``
+                             (not in the archive: a release deletes the run's writes)
+    wn         int           changes of ``w`` after its first (a compare-and-set count)
     fmt        int           layout version (absent = 1); newer layouts are refused
     version    int           (archive only) the released version
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import os
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from bson.binary import UUID_SUBTYPE, Binary
 
 from ..base import StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
@@ -77,6 +90,7 @@ from ..errors import CorruptCheckpointError, SavegameError
 __all__ = [
     "CHUNK_BYTES",
     "LAYOUT_VERSION",
+    "NAMES",
     "Collections",
     "UnsupportedLayoutError",
     "archive_doc",
@@ -88,18 +102,53 @@ __all__ = [
     "record_id",
     "release_id",
     "to_doc",
+    "write_entry",
+    "writes_of",
 ]
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 #: Records longer than this are split into chunk documents of at most this size, which
 #: keeps every document under MongoDB's 16 MiB limit with room for the envelope.
 CHUNK_BYTES = 15 << 20
 
-#: Fields never needed to list or decode a checkpoint (none so far); kept for projections.
-HEAD_FIELDS = (
-    "thread_id", "ns", "cid", "parent", "kf", "base", "depth", "seq", "step", "node", "next",
-    "meta", "ts", "rec", "chunks", "fmt",
-)
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The field names of a layout that differ between layouts."""
+
+    parent: str
+    depth: str
+    step: str
+
+
+#: Layout 3 shortened the fields no query names; queried ones (thread_id, ns, cid, kf,
+#: base, seq, meta, ts, exp) keep their names in every layout.
+NAMES = {1: Names("parent", "depth", "step"), 2: Names("parent", "depth", "step"),
+         3: Names("p", "d", "s")}
+
+
+def pack_id(value: str) -> str | Binary:
+    """A stored id: a canonical UUID (LangGraph's task and checkpoint ids) as 16 bytes,
+    anything else as the text it is. :func:`unpack_id` gives the same text back."""
+    if len(value) == 36 and value[8] == "-":
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            return value
+        if str(parsed) == value:
+            packed: Binary = Binary(parsed.bytes, UUID_SUBTYPE)
+            return packed
+    return value
+
+
+def unpack_id(value: Any, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, uuid.UUID):  # a client with uuidRepresentation="standard"
+        return str(value)
+    if isinstance(value, bytes) and len(value) == 16:
+        return str(uuid.UUID(bytes=bytes(value)))
+    raise TypeError(f"field {field!r} is {type(value).__qualname__}, not an id")
 
 
 class UnsupportedLayoutError(SavegameError):
@@ -129,18 +178,26 @@ class Collections:
                 self.meta)
 
 
-def _hash(*parts: str | int) -> str:
+def _digest(*parts: str | int) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
         data = str(part).encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
-    return h.hexdigest()
+    return h.digest()
 
 
-def record_id(thread_id: str, namespace: str, checkpoint_id: str) -> str:
-    """``_id`` of a live checkpoint document."""
-    return _hash("c", thread_id, namespace, checkpoint_id)
+def _hash(*parts: str | int) -> str:
+    return _digest(*parts).hex()
+
+
+def record_id(thread_id: str, namespace: str, checkpoint_id: str, layout: int = 2) -> str:
+    """``_id`` of a live checkpoint document: 32 hex digits up to layout 2, 22 base64url
+    characters from layout 3 (the same 128 bits)."""
+    digest = _digest("c", thread_id, namespace, checkpoint_id)
+    if layout >= 3:
+        return base64.urlsafe_b64encode(digest)[:22].decode("ascii")
+    return digest.hex()
 
 
 def archive_id(thread_id: str, namespace: str, checkpoint_id: str, version: int) -> str:
@@ -161,23 +218,27 @@ def new_token() -> str:
 def to_doc(
     stored: StoredCheckpoint,
     *,
+    layout: int = LAYOUT_VERSION,
     expire_at: dt.datetime | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    writes: Sequence[StoredWrite] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The head document of ``stored`` and the chunk documents to write before it."""
+    """The head document of ``stored`` in ``layout`` and the chunk documents to write
+    before it; ``writes`` (layout 3) are its pending writes, stored in it."""
+    names = NAMES[layout]
     doc: dict[str, Any] = {
-        "_id": record_id(stored.thread_id, stored.namespace, stored.id),
+        "_id": record_id(stored.thread_id, stored.namespace, stored.id, layout),
         "thread_id": stored.thread_id,
         "ns": stored.namespace,
         "cid": stored.id,
         "kf": stored.keyframe_id,
-        "depth": stored.depth,
+        names.depth: stored.depth,
         "seq": stored.seq,
-        "step": stored.step,
+        names.step: stored.step,
         "ts": stored.created_at,
     }
     if stored.parent_id is not None:
-        doc["parent"] = stored.parent_id
+        doc[names.parent] = pack_id(stored.parent_id) if layout >= 3 else stored.parent_id
     if stored.base_id is not None:
         doc["base"] = stored.base_id
     if stored.node_id is not None:
@@ -196,13 +257,16 @@ def to_doc(
         doc["chunks"] = {"token": token, "n": len(chunks), "size": len(record)}
     else:
         doc["rec"] = record
+    if writes:
+        doc["w"] = [write_entry(write) for write in writes]
     return doc, chunks
 
 
-def rewrite_update(doc: Mapping[str, Any]) -> dict[str, Any]:
+def rewrite_update(doc: Mapping[str, Any], layout: int) -> dict[str, Any]:
     """The update that gives an existing checkpoint document the record fields of ``doc``
     (its record, chain label, base and depth), removing those ``doc`` lacks."""
-    fields = {key: doc[key] for key in ("kf", "depth", "rec", "chunks", "base") if key in doc}
+    depth = NAMES[layout].depth
+    fields = {key: doc[key] for key in ("kf", depth, "rec", "chunks", "base") if key in doc}
     unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
     update: dict[str, Any] = {"$set": fields}
     if unset:
@@ -229,7 +293,7 @@ def chunk_docs(
 
 def archive_doc(doc: Mapping[str, Any], version: int) -> dict[str, Any]:
     """The archived copy of a live checkpoint document, as ``version``."""
-    out = {key: value for key, value in doc.items() if key != "_id"}
+    out = {key: value for key, value in doc.items() if key not in ("_id", "w", "wn")}
     out["_id"] = archive_id(doc["thread_id"], doc["ns"], doc["cid"], version)
     out["version"] = version
     return out
@@ -293,12 +357,15 @@ def check_layout(doc: Mapping[str, Any]) -> None:
 
 
 def from_doc(
-    doc: Mapping[str, Any], pieces: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+    doc: Mapping[str, Any],
+    pieces: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    layout: int = LAYOUT_VERSION,
 ) -> StoredCheckpoint:
-    """The StoredCheckpoint of a head document (``pieces``: chunk documents by token, for
-    a chunked record). A document whose fields have the wrong types is a
+    """The StoredCheckpoint of a head document of ``layout`` (``pieces``: chunk documents
+    by token, for a chunked record). A document whose fields have the wrong types is a
     CorruptCheckpointError, never a stray error."""
     check_layout(doc)
+    names = NAMES[layout]
     try:
         if "chunks" in doc:
             token = chunk_token(doc)
@@ -312,8 +379,9 @@ def from_doc(
             thread_id=_typed(doc, "thread_id", str),
             namespace=_typed(doc, "ns", str),
             id=_typed(doc, "cid", str),
-            parent_id=_typed(doc, "parent", str, optional=True),
-            step=_typed(doc, "step", int),
+            parent_id=(None if doc.get(names.parent) is None
+                       else unpack_id(doc[names.parent], names.parent)),
+            step=_typed(doc, names.step, int),
             node_id=_typed(doc, "node", str, optional=True),
             next_node_id=_typed(doc, "next", str, optional=True),
             metadata=dict(metadata),
@@ -321,8 +389,9 @@ def from_doc(
             record=record,
             keyframe_id=_typed(doc, "kf", str),
             base_id=_typed(doc, "base", str, optional=True),
-            depth=_typed(doc, "depth", int),
+            depth=_typed(doc, names.depth, int),
             seq=_typed(doc, "seq", int, optional=True) or 0,
+            writes=tuple(writes_of(doc)) if layout >= 3 and "version" not in doc else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad_doc(doc, exc) from None
@@ -394,6 +463,38 @@ def write_doc(write: StoredWrite, expire_at: dt.datetime | None = None) -> dict[
     return doc
 
 
+def write_entry(write: StoredWrite) -> dict[str, Any]:
+    """A pending write inside its checkpoint's document (layout 3)."""
+    entry: dict[str, Any] = {"t": pack_id(write.task_id), "i": write.index,
+                             "c": write.channel}
+    if write.task_path:
+        entry["p"] = write.task_path
+    entry["r"] = write.record
+    return entry
+
+
+def entry_key(entry: Mapping[str, Any]) -> tuple[str, Any]:
+    """What makes a stored write unique within its checkpoint: (task, index)."""
+    return unpack_id(entry.get("t"), "w.t"), entry.get("i")
+
+
+def writes_of(doc: Mapping[str, Any]) -> list[StoredWrite]:
+    """The pending writes stored in a layout-3 checkpoint document."""
+    entries = doc.get("w") or []
+    try:
+        if not isinstance(entries, list):
+            raise TypeError(f"field 'w' is {type(entries).__qualname__}, not an array")
+        return [StoredWrite(
+            thread_id=_typed(doc, "thread_id", str), namespace=_typed(doc, "ns", str),
+            checkpoint_id=_typed(doc, "cid", str), task_id=unpack_id(entry["t"], "w.t"),
+            index=_typed(entry, "i", int), channel=_typed(entry, "c", str),
+            task_path=_typed(entry, "p", str, optional=True) or "",
+            record=bytes(_typed(entry, "r", bytes)),
+        ) for entry in entries]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad_doc(doc, exc) from None
+
+
 def from_write_doc(doc: Mapping[str, Any]) -> StoredWrite:
     check_layout(doc)
     try:
@@ -420,8 +521,9 @@ def prefix_range(prefix: str) -> dict[str, Any]:
 
 
 # -- queries ---------------------------------------------------------------------------
-def one(thread_id: str, namespace: str, checkpoint_id: str) -> dict[str, Any]:
-    return {"_id": record_id(thread_id, namespace, checkpoint_id), "thread_id": thread_id}
+def one(thread_id: str, namespace: str, checkpoint_id: str, layout: int) -> dict[str, Any]:
+    return {"_id": record_id(thread_id, namespace, checkpoint_id, layout),
+            "thread_id": thread_id}
 
 
 def space(thread_id: str, namespace: str) -> dict[str, Any]:
@@ -534,8 +636,10 @@ def tokens_of(docs: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 # -- indexes ---------------------------------------------------------------------------
+Index = tuple[str, list[tuple[str, int]], dict[str, Any]]
+
 #: (collection attribute, keys, options). Every query filters on thread_id first.
-INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+INDEXES: tuple[Index, ...] = (
     ("checkpoints", [("thread_id", 1), ("ns", 1), ("cid", -1)], {"name": "thread_ns_cid"}),
     ("checkpoints", [("thread_id", 1), ("ns", 1), ("kf", 1)], {"name": "thread_ns_kf"}),
     ("checkpoints", [("thread_id", 1), ("ns", 1), ("seq", -1)],
@@ -549,7 +653,7 @@ INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
     ("writes", [("thread_id", 1), ("ns", 1), ("cid", 1)], {"name": "thread_ns_cid"}),
 )
 #: With a ``ttl``: checkpoints and pending writes are deleted once past their ``exp``.
-TTL_INDEXES: tuple[tuple[str, list[tuple[str, int]], dict[str, Any]], ...] = (
+TTL_INDEXES: tuple[Index, ...] = (
     ("checkpoints", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0}),
     ("writes", [("exp", 1)], {"name": "exp_ttl", "expireAfterSeconds": 0}),
 )

@@ -303,8 +303,8 @@ def test_hostile_envelope_fields(change):
 @settings(max_examples=FUZZ_EXAMPLES // 3, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(
-    st.sampled_from(["ns", "cid", "kf", "base", "depth", "seq", "step", "ts", "rec", "meta",
-                     "chunks", "parent", "node", "fmt"]),
+    st.sampled_from(["ns", "cid", "kf", "base", "d", "seq", "s", "ts", "rec", "meta",
+                     "chunks", "p", "node", "fmt", "w"]),
     _FIELD_VALUES | st.dictionaries(st.sampled_from(["token", "n", "size"]), _FIELD_VALUES),
     max_size=8))
 def test_hostile_mongodb_documents(fields):
@@ -320,7 +320,8 @@ def test_hostile_mongodb_documents(fields):
     from savegame.savers.mongodb import UnsupportedLayoutError
 
     for read in (lambda: saver.get("t"), lambda: saver.get("t", put.id),
-                 lambda: list(saver.list("t")), lambda: saver.list_threads()):
+                 lambda: list(saver.list("t")), lambda: saver.list_threads(),
+                 lambda: saver.get_writes("t", [put.id])):
         try:
             read()
         except (*SAFE, UnsupportedLayoutError):

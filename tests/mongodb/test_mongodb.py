@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,15 +116,31 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     assert doc is not None
     assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
     assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
-    assert doc["kf"] == first.id and "base" not in doc and doc["step"] == 0
-    assert doc["seq"] == 1 and doc["depth"] == 1
+    assert doc["kf"] == first.id and "base" not in doc and doc["s"] == 0
+    assert doc["seq"] == 1 and doc["d"] == 1 and "p" not in doc
     assert isinstance(doc["ts"], dt.datetime)
-    assert doc["_id"] == _shared.record_id("t", "", first.id)
+    assert doc["_id"] == _shared.record_id("t", "", first.id, 3) and len(doc["_id"]) == 22
+    assert set(doc) == {"_id", "thread_id", "ns", "cid", "kf", "d", "seq", "s", "ts", "node",
+                        "next", "meta", "rec"}
     second = nx_saver.put(Checkpoint("t", {"n": 2}))
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
-    assert doc["seq"] == 2 and doc["step"] == 1 and doc["parent"] == first.id
+    assert doc["seq"] == 2 and doc["s"] == 1
+    assert bytes(doc["p"]) == uuid.UUID(first.id).bytes  # 16 bytes, not 36 characters
     keys = {tuple(index["key"]) for index in raw[nx_saver.names.checkpoints].list_indexes()}
     assert {("thread_id", "ns", "cid"), ("thread_id", "ns", "kf")} <= keys
+    # pending writes live in their checkpoint's document
+    task = str(uuid.uuid4())
+    nx_saver.put_writes("t", second.id, [PendingWrite(task, 0, "c", "v", task_path="~p"),
+                                         PendingWrite("not-a-uuid", 1, "c", "w")])
+    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
+    assert [{k: v for k, v in entry.items() if k != "r"} for entry in doc["w"]] == [
+        {"t": uuid.UUID(task).bytes, "i": 0, "c": "c", "p": "~p"},
+        {"t": "not-a-uuid", "i": 1, "c": "c"}]
+    assert raw[nx_saver.names.writes].count_documents({}) == 0
+    nx_saver._cache.clear()
+    got = nx_saver.get_writes("t", [second.id])[second.id]
+    assert [(w.task_id, w.index, w.value, w.task_path) for w in got] == [
+        ("not-a-uuid", 1, "w", ""), (task, 0, "v", "~p")]
 
 
 def test_every_query_names_thread_id(nx_uri: str) -> None:
@@ -317,7 +334,7 @@ def test_a_new_master_rewrites_older_ones_in_two_commands(
         assert names in (["insert"], ["insert", "update"]), i
     assert seen == {("insert",), ("insert", "update")}
     docs = list(saver._checkpoints.find({"thread_id": "t"}))
-    masters = [d for d in docs if d["depth"] == 1]
+    masters = [d for d in docs if d["d"] == 1]
     assert sum(1 for d in masters if "base" not in d) == 1  # only the newest is whole
     saver._cache.clear()
     for i, put in enumerate(puts):
@@ -490,6 +507,73 @@ def test_insert_returns_the_existing_checkpoint_on_duplicate(nx_saver: MongoSave
     assert nx_saver._insert(stored) == stored
 
 
+# -- pending writes in their checkpoint's document (layout 3) ---------------------------
+def test_ids_are_stored_as_16_bytes_only_when_they_read_back_the_same() -> None:
+    canonical = str(uuid.uuid4())
+    assert isinstance(_shared.pack_id(canonical), bson.Binary)
+    for text in (canonical.upper(), canonical.replace("-", ""), "x" * 36, "",
+                 "{" + canonical[1:-1] + "}", canonical[:8] + "_" + canonical[9:]):
+        assert _shared.pack_id(text) == text  # kept as the text it is
+    packed = _shared.pack_id(canonical)
+    for stored in (packed, bytes(packed), uuid.UUID(canonical)):  # as drivers hand it back
+        assert _shared.unpack_id(stored, "p") == canonical
+    with pytest.raises(TypeError, match="'p'"):
+        _shared.unpack_id(b"short", "p")
+
+
+def test_writes_put_before_their_checkpoint_move_into_it(nx_saver: MongoSaver) -> None:
+    """LangGraph may hand a checkpoint's writes to one thread before its put, queued
+    behind the previous put, reaches the saver: the writes wait in the writes collection
+    and the put moves them into the checkpoint's document."""
+    first = nx_saver.put(Checkpoint("t", {"n": 1}))
+    later = str(uuid.uuid4())
+    nx_saver.put_writes("t", later, [PendingWrite("task", 0, "c", "early")])
+    assert nx_saver._writes.count_documents({}) == 1
+    assert nx_saver.get_writes("t", [later])[later][0].value == "early"
+    nx_saver.put(Checkpoint("t", {"n": 2}, id=later, parent_id=first.id))
+    assert nx_saver._writes.count_documents({}) == 0
+    nx_saver._cache.clear()
+    found = nx_saver.get_with_writes("t")
+    assert found is not None and found[0].id == later
+    assert [w.value for w in found[1]] == ["early"]
+
+
+def test_a_put_landing_while_its_writes_go_loose_still_gets_them(nx_saver: MongoSaver,
+                                                                 nx_uri: str) -> None:
+    """The put of another saver lands between this saver finding no checkpoint and
+    storing the writes apart: the writes see it afterwards and move in themselves."""
+    first = nx_saver.put(Checkpoint("t", {"n": 1}))
+    later = str(uuid.uuid4())
+    other = MongoSaver(mongo_harness.sync_client(nx_uri), database=mongo_harness.DATABASE,
+                       prefix=nx_saver.names.checkpoints[: -len("checkpoints")])
+    insert_loose = nx_saver._insert_loose
+
+    def racing(writes: Any, replace: bool) -> None:
+        other.put(Checkpoint("t", {"n": 2}, id=later, parent_id=first.id))
+        insert_loose(writes, replace)
+
+    nx_saver._insert_loose = racing  # type: ignore[method-assign]
+    nx_saver.put_writes("t", later, [PendingWrite("task", 0, "c", "raced"),
+                                     PendingWrite("task", 1, "c", "too")])
+    assert nx_saver._writes.count_documents({}) == 0
+    found = other.get_with_writes("t")
+    assert found is not None and [w.value for w in found[1]] == ["raced", "too"]
+
+
+def test_more_writes_for_a_checkpoint_merge_and_replace_as_in_their_collection(
+    nx_saver: MongoSaver,
+) -> None:
+    put = nx_saver.put(Checkpoint("t", {"n": 1}))
+    nx_saver.put_writes("t", put.id, [PendingWrite("a", 0, "c", 1)])
+    nx_saver.put_writes("t", put.id, [PendingWrite("b", 0, "c", 2), PendingWrite("a", 0, "c", 9)])
+    nx_saver.put_writes("t", put.id, [PendingWrite("b", 0, "c", 3)], replace=True)
+    nx_saver.put_writes("t", put.id, [PendingWrite("b", 0, "c", 3)], replace=True)  # no-op
+    doc = nx_saver._checkpoints.find_one({"thread_id": "t", "cid": put.id})
+    assert len(doc["w"]) == 2 and doc["wn"] == 3
+    got = nx_saver.get_writes("t", [put.id])[put.id]
+    assert [(w.task_id, w.value) for w in got] == [("a", 1), ("b", 3)]
+
+
 # -- retention ---------------------------------------------------------------------------
 def test_keep_last_deletes_whole_chains_only() -> None:
     saver = mongo_harness.mongomock_saver(keep_last=3, policy=KeyframePolicy(max_chain=4))
@@ -514,8 +598,10 @@ def test_keep_last_deletes_the_pending_writes_of_what_it_deletes() -> None:
         saver.put_writes("t", puts[-1].id or "", [PendingWrite("task", 0, "c", f"entry {i}")])
     kept = {c.id for c in saver.list("t")}
     assert len(kept) < 12
-    writes = {doc["cid"] for doc in saver._writes.find({"thread_id": "t"})}
-    assert writes == kept  # none left behind for deleted checkpoints
+    writes = {doc["cid"] for doc in saver._checkpoints.find({"thread_id": "t",
+                                                             "w": {"$exists": True}})}
+    assert writes == kept  # in their checkpoints' documents: deleted with them
+    assert saver._writes.count_documents({}) == 0
     got = saver.get_writes("t", sorted(i for i in kept if i))
     assert all(len(w) == 1 for w in got.values())
 
@@ -541,6 +627,7 @@ def test_ttl_pending_writes_expire_no_earlier_than_their_checkpoint() -> None:
     before their checkpoint: when a chain is extended, its writes are extended with it.
     (On mongomock: nx-27017 turns a date set by an update into text.)"""
     saver = mongo_harness.mongomock_saver(ttl=3600, policy=KeyframePolicy(max_chain=8))
+    saver._meta.insert_one({"_id": "layout", "version": 2})  # writes in their collection
     first = saver.put(Checkpoint("t", {"n": 0, "log": ["x" * 50]}))
     saver.put_writes("t", first.id or "", [PendingWrite("task", 0, "c", "value")])
     written = saver._writes.find_one({"thread_id": "t"})
@@ -554,6 +641,21 @@ def test_ttl_pending_writes_expire_no_earlier_than_their_checkpoint() -> None:
     assert extended["exp"] == chain_expiry > written["exp"]  # moved with its chain
     ttl = [i for i in saver._writes.list_indexes() if tuple(i["key"]) == ("exp",)]
     assert ttl and ttl[0].get("expireAfterSeconds") == 0
+
+
+def test_ttl_pending_writes_of_layout_3_expire_with_their_checkpoint() -> None:
+    """Layout 3 keeps writes in their checkpoint's document: they expire with it. Writes
+    put for a checkpoint that is not stored go to the writes collection, with an expiry."""
+    saver = mongo_harness.mongomock_saver(ttl=3600)
+    first = saver.put(Checkpoint("t", {"n": 0}))
+    saver.put_writes("t", first.id or "", [PendingWrite("task", 0, "c", "value")])
+    doc = saver._checkpoints.find_one({"thread_id": "t", "cid": first.id})
+    assert "exp" in doc and "exp" not in doc["w"][0]
+    saver.put_writes("t", "elsewhere", [PendingWrite("task", 0, "c", "loose")])
+    loose = saver._writes.find_one({"thread_id": "t"})
+    assert loose is not None and loose["cid"] == "elsewhere" and "exp" in loose
+    got = saver.get_writes("t", [first.id or "", "elsewhere"])
+    assert [[w.value for w in ws] for ws in got.values()] == [["value"], ["loose"]]
 
 
 def test_ttl_expiry_on_mongomock() -> None:
@@ -662,7 +764,7 @@ def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
 def test_newer_layout_is_refused_clearly() -> None:
     saver = mongo_harness.mongomock_saver()
     saver.put(Checkpoint("t", {"n": 1}))
-    saver._checkpoints.update_many({}, {"$set": {"fmt": 3}})
+    saver._checkpoints.update_many({}, {"$set": {"fmt": 9}})
     saver._cache.clear()
     with pytest.raises(UnsupportedLayoutError, match=r"layout 3.*upgrade savegame"):
         saver.get("t")
@@ -681,6 +783,7 @@ def test_a_store_written_by_layout_1_reads_and_grows(nx_saver: MongoSaver) -> No
     """Layout 1 (savegame <= 0.1.0) had no ``seq`` and no ``meta`` collection: its latest
     checkpoint is the highest id. A saver over such a store reads it and appends to it."""
     nx_saver.policy = KeyframePolicy(reverse=False)  # layout 1 knew no reverse records
+    nx_saver._meta.insert_one({"_id": "layout", "version": 2})  # layout 1's field names
     first = nx_saver.put(Checkpoint("t", {"n": 1}))
     second = nx_saver.put(Checkpoint("t", {"n": 2}))
     nx_saver.put(Checkpoint("u", {"n": 1}))
@@ -690,7 +793,7 @@ def test_a_store_written_by_layout_1_reads_and_grows(nx_saver: MongoSaver) -> No
                      prefix=nx_saver.names.checkpoints[: -len("checkpoints")])
     latest = old.get("t")
     assert latest is not None and latest.id == second.id and latest.state == {"n": 2}
-    assert old._legacy
+    assert old._layout == 1
     third = old.put(Checkpoint("t", {"n": 3}))
     assert third.parent_id == second.id and third.step == 2
     assert old.get("t").id == third.id
@@ -790,10 +893,10 @@ def test_with_a_ttl_keyframes_stay_whole() -> None:
     saver = mongo_harness.mongomock_saver(ttl=3600, policy=KeyframePolicy(max_chain=2))
     for i in range(10):
         saver.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
-    masters = list(saver._checkpoints.find({"thread_id": "t", "depth": 1}))
+    masters = list(saver._checkpoints.find({"thread_id": "t", "d": 1}))
     assert len(masters) >= 4 and all("base" not in doc for doc in masters)
     untimed = mongo_harness.mongomock_saver(policy=KeyframePolicy(max_chain=2))
     for i in range(10):
         untimed.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
-    masters = list(untimed._checkpoints.find({"thread_id": "t", "depth": 1}))
+    masters = list(untimed._checkpoints.find({"thread_id": "t", "d": 1}))
     assert sum("base" not in doc for doc in masters) == 1

@@ -1,12 +1,17 @@
-"""A MongoDB store written by the previous release still reads, and grows, with this one.
+"""MongoDB stores written by earlier releases still read, and grow, with this one.
 
-``tests/fixtures/mongodb_layout1.json`` holds every document savegame 0.1.0 wrote (record
-format 1 with anchor deltas, layout 1: no seq, no meta collection) for a 40-turn chat with
-a fork, pending writes, a second namespace and a second thread, and the state each of its
-checkpoints decoded to then (made by ``tests/fixtures/make_mongodb_layout1.py`` against
-that release). The documents go into a fresh database, over mongomock and over the real
-driver on nx-27017; the current saver must decode every checkpoint to the same state, list
-and find the latest as that release did, and append to it."""
+Each fixture holds every document an earlier savegame wrote for a 40-turn chat with a
+fork, pending writes, a second namespace and a second thread, the state each checkpoint
+decoded to then and the pending writes it read back:
+
+- ``mongodb_layout1.json``: savegame 0.1.0 (record format 1 with anchor deltas, layout 1:
+  no seq, no meta collection; ``make_mongodb_layout1.py``);
+- ``mongodb_layout2.json``: layout 2 as of commit 1877df1 (record formats 4 and 5, text
+  ``_id`` hashes, pending writes in their own collection; ``make_mongodb_layout2.py``).
+
+The documents go into a fresh database over the real driver on nx-27017; the current
+saver must decode every checkpoint to the same state and every pending write to the same
+value, list and find the latest as that release did, and append to it in its layout."""
 
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ import pytest
 from bson import json_util
 
 from savegame.savers import Checkpoint, MongoSaver
+from savegame.savers.checkpoint import PendingWrite
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mongodb_layout1.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 _databases = itertools.count()
 
 
@@ -31,9 +37,11 @@ def digest(state: object) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def release() -> dict[str, Any]:
-    return json_util.loads(FIXTURE.read_text())  # type: ignore[no-any-return]
+@pytest.fixture(scope="module", params=[1, 2], ids=["layout1", "layout2"])
+def release(request: pytest.FixtureRequest) -> dict[str, Any]:
+    data = json_util.loads((FIXTURES / f"mongodb_layout{request.param}.json").read_text())
+    data["layout"] = request.param
+    return data  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -71,16 +79,28 @@ def test_every_checkpoint_decodes_to_the_state_it_had(saver: MongoSaver,
     assert len(seen) == 43  # 40 turns, a fork, a subgraph namespace, another thread
 
 
+def test_every_pending_write_reads_back_cold(saver: MongoSaver,
+                                           release: dict[str, Any]) -> None:
+    """Copies of their checkpoint's state, splices against it and whole records alike."""
+    expected = release["writes"]
+    saver._cache.clear()
+    got = saver.get_writes("chat", list(expected))
+    if release["layout"] == 1:
+        assert {cid: [w.value for w in ws] for cid, ws in got.items()} == {
+            cid: [value] for cid, value in expected.items()}
+    else:
+        assert {cid: [[w.task_id, w.index, w.channel, w.value] for w in ws]
+                for cid, ws in got.items()} == expected
+        assert len(expected) == 40
+
+
 def test_latest_writes_and_growth_follow_the_old_layout(saver: MongoSaver,
                                                        release: dict[str, Any]) -> None:
     for place, latest in release["latest"].items():
         thread, namespace = place.split("/")
         got = saver.get(thread, namespace=namespace)
         assert got is not None and got.id == latest
-    (checkpoint_id, value), = release["writes"].items()
-    (write,) = saver.get_writes("chat", [checkpoint_id])[checkpoint_id]
-    assert write.value == value
-    assert saver._legacy  # the store keeps its layout: an older saver may share it
+    assert saver._layout == release["layout"]  # kept: an older saver may share the store
     parent = saver.get("chat")
     assert parent is not None
     grown = saver.put(Checkpoint("chat", {**parent.state, "turn": 99}))
@@ -89,3 +109,9 @@ def test_latest_writes_and_growth_follow_the_old_layout(saver: MongoSaver,
     again = saver.get("chat")
     assert again is not None and again.id == grown.id and again.state["turn"] == 99
     assert again.state["messages"] == parent.state["messages"]
+    saver.put_writes("chat", grown.id, [PendingWrite("t", 0, "messages", ["new"])])
+    saver._cache.clear()
+    assert [w.value for w in saver.get_writes("chat", [grown.id])[grown.id]] == [["new"]]
+    head = saver._checkpoints.find_one({"thread_id": "chat", "cid": grown.id})
+    assert "depth" in head and "d" not in head and "w" not in head  # its layout's fields
+    assert isinstance(head["_id"], str)  # the old layout's hashed ids, as its readers expect
