@@ -440,16 +440,10 @@ class BaseSaver:
     ) -> None:
         """Attach pending writes to a checkpoint. A write whose ``(task_id, index)`` is
         already stored is kept as it was, unless ``replace`` is true."""
-        deadline: float | None = None
+        limit = time.monotonic() + self._queued_put_wait
         with self._putting_lock:
-            while (wait := self._writes_wait(thread_id, namespace, checkpoint_id)) is not None:
-                timeout = 1.0  # woken as a put starts or ends
-                if not wait:  # a put queued behind the one that ended may start
-                    deadline = deadline or time.monotonic() + self._queued_put_grace
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
-                        break
-                self._put_moves.wait(timeout)
+            while (wait := self._writes_wait(thread_id, namespace, checkpoint_id, limit)):
+                self._put_moves.wait(wait)  # woken as a put starts or ends
         with self._turns.hold(_writes_turn(thread_id, namespace, checkpoint_id)):
             self._run(
                 self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
@@ -551,12 +545,8 @@ class BaseSaver:
         namespace: str = "",
         replace: bool = False,
     ) -> None:
-        deadline: float | None = None
-        while (wait := self._writes_wait(thread_id, namespace, checkpoint_id)) is not None:
-            if not wait:  # a put queued behind the one that ended may start
-                deadline = deadline or time.monotonic() + self._queued_put_grace
-                if time.monotonic() >= deadline:
-                    break
+        limit = time.monotonic() + self._queued_put_wait
+        while self._writes_wait(thread_id, namespace, checkpoint_id, limit):
             await asyncio.sleep(0.001)
         async with self._turns.ahold(_writes_turn(thread_id, namespace, checkpoint_id)):
             await self._arun(
@@ -806,34 +796,36 @@ class BaseSaver:
                 self._put_moves.notify_all()
 
     #: How long pending writes for a checkpoint this saver does not know wait, after the
-    #: thread's running put ended, for a put of it queued behind that one to start.
+    #: thread's running put ended, for a put of it queued behind that one to start, and
+    #: at most in all while other puts of the thread run.
     _queued_put_grace: ClassVar[float] = 0.05
+    _queued_put_wait: ClassVar[float] = 1.0
 
     def _writes_wait(
-        self, thread_id: object, namespace: object, checkpoint_id: object
-    ) -> bool | None:
-        """Should pending writes wait before they are stored, so that their checkpoint's
-        state is at hand to store them as copies of it (and, on MongoDB, its document
-        exists to hold them)? LangGraph hands a checkpoint's put and its writes to its
-        background threads at once, and that put waits for the thread's previous put.
-
-        True: their checkpoint's put, or another put of the thread, is running (wait for
-        it); False: this saver does not know the checkpoint and a put of the thread just
-        ended (wait a little for the next to start); None: store them now."""
+        self, thread_id: object, namespace: object, checkpoint_id: object, limit: float
+    ) -> float:
+        """How long pending writes should wait (0: store them now) so that their
+        checkpoint's state is at hand to store them as copies of it (and, on MongoDB, its
+        document exists to hold them). LangGraph hands a checkpoint's put and its writes to
+        its background threads at once, and that put waits for the thread's previous put:
+        writes wait while their checkpoint's put runs; for a checkpoint this saver does not
+        know, while another put of the thread runs and a moment after it ends (until
+        ``limit``)."""
         if not (isinstance(thread_id, str) and isinstance(namespace, str)
                 and isinstance(checkpoint_id, str)):
-            return None
+            return 0.0
         key = (thread_id, namespace, checkpoint_id)
         if key in self._putting:
-            return True
+            return 1.0
         if self._cache.get(key) is not None:
-            return None
+            return 0.0
+        now = time.monotonic()
         if (thread_id, namespace) in self._putting_spaces:
-            return True
+            return max(0.0, limit - now)
         ended = self._put_ended.get((thread_id, namespace))
-        if ended is not None and time.monotonic() - ended < self._queued_put_grace:
-            return False
-        return None
+        if ended is not None:
+            return max(0.0, min(limit, ended + self._queued_put_grace) - now)
+        return 0.0
 
     def _drop_cached(self, thread_id: str) -> None:
         self._cache.drop_thread(thread_id)
