@@ -48,7 +48,8 @@ apart, see :data:`NAMES`)::
     thread_id  str           every query filters on it (the shard key)
     ns         str           namespace
     cid        str           checkpoint id (time-ordered text: sorting by it is "newest")
-    p          bin|str?      parent checkpoint id: 16 bytes (BinData 4) when it is a
+    p          bin|str|true? parent checkpoint id: ``true`` when it is ``base`` (a delta
+                             against its parent), else 16 bytes (BinData 4) when it is a
                              canonical UUID, as LangGraph's are, else text (2: ``parent``)
     kf         str           keyframe id: the root of the record's decode chain
     base       str?          the record this one is a delta against (absent: keyframe)
@@ -237,8 +238,13 @@ def to_doc(
         names.step: stored.step,
         "ts": stored.created_at,
     }
-    if stored.parent_id is not None:
-        doc[names.parent] = pack_id(stored.parent_id) if layout >= 3 else stored.parent_id
+    if stored.parent_id is None:
+        pass
+    elif layout < 3:
+        doc[names.parent] = stored.parent_id
+    else:
+        doc[names.parent] = (True if stored.parent_id == stored.base_id
+                             else pack_id(stored.parent_id))
     if stored.base_id is not None:
         doc["base"] = stored.base_id
     if stored.node_id is not None:
@@ -265,8 +271,9 @@ def to_doc(
 def rewrite_update(doc: Mapping[str, Any], layout: int) -> dict[str, Any]:
     """The update that gives an existing checkpoint document the record fields of ``doc``
     (its record, chain label, base and depth), removing those ``doc`` lacks."""
-    depth = NAMES[layout].depth
-    fields = {key: doc[key] for key in ("kf", depth, "rec", "chunks", "base") if key in doc}
+    names = NAMES[layout]  # and the parent, which layout 3 may spell as "it is the base"
+    fields = {key: doc[key] for key in ("kf", names.depth, "rec", "chunks", "base",
+                                        names.parent) if key in doc}
     unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
     update: dict[str, Any] = {"$set": fields}
     if unset:
@@ -379,8 +386,7 @@ def from_doc(
             thread_id=_typed(doc, "thread_id", str),
             namespace=_typed(doc, "ns", str),
             id=_typed(doc, "cid", str),
-            parent_id=(None if doc.get(names.parent) is None
-                       else unpack_id(doc[names.parent], names.parent)),
+            parent_id=_parent(doc, names.parent),
             step=_typed(doc, names.step, int),
             node_id=_typed(doc, "node", str, optional=True),
             next_node_id=_typed(doc, "next", str, optional=True),
@@ -395,6 +401,15 @@ def from_doc(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad_doc(doc, exc) from None
+
+
+def _parent(doc: Mapping[str, Any], field: str) -> str | None:
+    value = doc.get(field)
+    if value is None:
+        return None
+    if value is True:  # layout 3: the parent is the record's base
+        return str(_typed(doc, "base", str))
+    return unpack_id(value, field)
 
 
 def _typed(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:

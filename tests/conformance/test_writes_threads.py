@@ -86,6 +86,25 @@ def test_writes_keep_first_unless_replace(call: Call) -> None:
     assert call("get_writes", "w", [first.id])[first.id][0].value == "third"
 
 
+def test_get_with_writes_is_get_and_get_writes_at_once(call: Call, saver: BaseSaver) -> None:
+    a, b = chat(call, "ww", 2)
+    call("put_writes", "ww", a.id, [PendingWrite("t", 1, "c", "a1"),
+                                    PendingWrite("t", 0, "c", "a0")])
+    call("put_writes", "ww", b.id, [PendingWrite("u", 0, "c", "b")])
+    for cold in (False, True):
+        if cold:
+            saver._cache.clear()
+        for wanted, values in ((None, ["b"]), (b.id, ["b"]), (a.id, ["a0", "a1"])):
+            checkpoint, writes = call("get_with_writes", "ww", wanted)
+            assert checkpoint.id == (wanted or b.id)
+            assert dict(checkpoint.state) == dict(call("get", "ww", wanted).state)
+            assert [w.value for w in writes] == values
+    assert call("get_with_writes", "ww", "nope") is None
+    assert call("get_with_writes", "nobody") is None
+    chat(call, "ww", 1)  # a checkpoint without writes
+    assert call("get_with_writes", "ww")[1] == []
+
+
 def test_writes_are_per_checkpoint_and_namespace(call: Call) -> None:
     a, b = chat(call, "w", 2)
     (sub,) = chat(call, "w", 1, namespace="sub")

@@ -269,7 +269,7 @@ def test_arbitrary_msgpack_with_our_extension_tags(value):
 
 
 # -- hostile stored envelopes (memory) and documents (MongoDB) -------------------------------
-_FIELD_VALUES = st.one_of(st.none(), st.integers(-3, 70000), st.text(max_size=6),
+_FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 70000), st.text(max_size=6),
                           st.binary(max_size=6), st.lists(st.integers(-5, 5), max_size=2))
 
 

@@ -521,6 +521,29 @@ def test_ids_are_stored_as_16_bytes_only_when_they_read_back_the_same() -> None:
         _shared.unpack_id(b"short", "p")
 
 
+def test_a_delta_against_its_parent_spells_the_parent_as_its_base(nx_saver: MongoSaver) -> None:
+    log = [f"entry {i} " * 8 for i in range(60)]
+    first = nx_saver.put(Checkpoint("t", {"log": log}))
+    second = nx_saver.put(Checkpoint("t", {"log": [*log, "more"]}, parent_id=first.id))
+    doc = nx_saver._checkpoints.find_one({"thread_id": "t", "cid": second.id})
+    assert doc["base"] == first.id and doc["p"] is True
+    nx_saver._cache.clear()
+    again = nx_saver.get("t", second.id)
+    assert again is not None and again.parent_id == first.id
+    assert [c.parent_id for c in nx_saver.list("t")] == [first.id, None]
+    # a keyframe rewritten as a reverse record against a newer one keeps its parent
+    nx_saver.policy = KeyframePolicy(max_chain=2)
+    last = second
+    for i in range(6):
+        last = nx_saver.put(Checkpoint("t", {"log": [*log, "more", *["x"] * i]},
+                                       parent_id=last.id))
+    nx_saver._cache.clear()
+    listed = list(nx_saver.list("t"))
+    assert [c.parent_id for c in listed[:-1]] == [c.id for c in listed[1:]]
+    assert any(d.get("base") and d.get("p") not in (None, True) for d in
+               nx_saver._checkpoints.find({"thread_id": "t"}))  # the parent spelled out
+
+
 def test_writes_put_before_their_checkpoint_move_into_it(nx_saver: MongoSaver) -> None:
     """LangGraph may hand a checkpoint's writes to one thread before its put, queued
     behind the previous put, reaches the saver: the writes wait in the writes collection
