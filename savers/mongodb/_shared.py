@@ -192,7 +192,7 @@ def _hash(*parts: str | int) -> str:
     return _digest(*parts).hex()
 
 
-def record_id(thread_id: str, namespace: str, checkpoint_id: str, layout: int = 2) -> str:
+def record_id(thread_id: str, namespace: str, checkpoint_id: str, layout: int) -> str:
     """``_id`` of a live checkpoint document: 32 hex digits up to layout 2, 22 base64url
     characters from layout 3 (the same 128 bits)."""
     digest = _digest("c", thread_id, namespace, checkpoint_id)
@@ -238,13 +238,8 @@ def to_doc(
         names.step: stored.step,
         "ts": stored.created_at,
     }
-    if stored.parent_id is None:
-        pass
-    elif layout < 3:
-        doc[names.parent] = stored.parent_id
-    else:
-        doc[names.parent] = (True if stored.parent_id == stored.base_id
-                             else pack_id(stored.parent_id))
+    if stored.parent_id is not None:
+        doc[names.parent] = _parent_value(stored, layout)
     if stored.base_id is not None:
         doc["base"] = stored.base_id
     if stored.node_id is not None:
@@ -401,6 +396,15 @@ def from_doc(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad_doc(doc, exc) from None
+
+
+def _parent_value(stored: StoredCheckpoint, layout: int) -> str | Binary | bool:
+    """How ``stored``'s parent id is written: layout 3 spells a parent that is the
+    record's base as ``true`` and packs UUIDs."""
+    assert stored.parent_id is not None
+    if layout < 3:
+        return stored.parent_id
+    return True if stored.parent_id == stored.base_id else pack_id(stored.parent_id)
 
 
 def _parent(doc: Mapping[str, Any], field: str) -> str | None:
