@@ -305,14 +305,22 @@ class _Turns:
             self._leave(key, entry)
 
 
-def _writes_turn(thread_id: object, namespace: object, checkpoint_id: object) -> Hashable:
+def _checkpoint_key(
+    thread_id: object, namespace: object, checkpoint_id: object
+) -> tuple[str, str, str] | None:
+    """(thread, namespace, id) of the checkpoint ``put_writes`` names, when they are
+    well-formed (the flow explains what is wrong otherwise)."""
+    if isinstance(thread_id, str) and isinstance(namespace, str) and isinstance(
+            checkpoint_id, str):
+        return thread_id, namespace, checkpoint_id
+    return None
+
+
+def _writes_turn(key: tuple[str, str, str] | None) -> Hashable:
     """The turn ``put_writes`` calls for one checkpoint take one after the other in a
     saver: a backend merging them into one record (MongoDB's layout 3) then never races
     itself, even on a test double whose updates are not atomic (mongomock)."""
-    if isinstance(thread_id, str) and isinstance(namespace, str) and isinstance(
-            checkpoint_id, str):
-        return "writes", thread_id, namespace, checkpoint_id
-    return None  # the flow explains what is wrong
+    return None if key is None else ("writes", *key)
 
 
 def _space_of(checkpoint: object) -> tuple[str, str] | None:
@@ -440,11 +448,12 @@ class BaseSaver:
     ) -> None:
         """Attach pending writes to a checkpoint. A write whose ``(task_id, index)`` is
         already stored is kept as it was, unless ``replace`` is true."""
+        key = _checkpoint_key(thread_id, namespace, checkpoint_id)
         limit = time.monotonic() + self._queued_put_wait
         with self._putting_lock:
-            while (wait := self._writes_wait(thread_id, namespace, checkpoint_id, limit)):
+            while (wait := self._writes_wait(key, limit)):
                 self._put_moves.wait(wait)  # woken as a put starts or ends
-        with self._turns.hold(_writes_turn(thread_id, namespace, checkpoint_id)):
+        with self._turns.hold(_writes_turn(key)):
             self._run(
                 self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
 
@@ -545,10 +554,11 @@ class BaseSaver:
         namespace: str = "",
         replace: bool = False,
     ) -> None:
+        key = _checkpoint_key(thread_id, namespace, checkpoint_id)
         limit = time.monotonic() + self._queued_put_wait
-        while self._writes_wait(thread_id, namespace, checkpoint_id, limit):
+        while self._writes_wait(key, limit):
             await asyncio.sleep(0.001)
-        async with self._turns.ahold(_writes_turn(thread_id, namespace, checkpoint_id)):
+        async with self._turns.ahold(_writes_turn(key)):
             await self._arun(
                 self._put_writes_flow(thread_id, checkpoint_id, writes, namespace, replace))
 
@@ -801,9 +811,7 @@ class BaseSaver:
     _queued_put_grace: ClassVar[float] = 0.05
     _queued_put_wait: ClassVar[float] = 1.0
 
-    def _writes_wait(
-        self, thread_id: object, namespace: object, checkpoint_id: object, limit: float
-    ) -> float:
+    def _writes_wait(self, key: tuple[str, str, str] | None, limit: float) -> float:
         """How long pending writes should wait (0: store them now) so that their
         checkpoint's state is at hand to store them as copies of it (and, on MongoDB, its
         document exists to hold them). LangGraph hands a checkpoint's put and its writes to
@@ -811,18 +819,17 @@ class BaseSaver:
         writes wait while their checkpoint's put runs; for a checkpoint this saver does not
         know, while another put of the thread runs and a moment after it ends (until
         ``limit``)."""
-        if not (isinstance(thread_id, str) and isinstance(namespace, str)
-                and isinstance(checkpoint_id, str)):
+        if key is None:
             return 0.0
-        key = (thread_id, namespace, checkpoint_id)
         if key in self._putting:
             return 1.0
         if self._cache.get(key) is not None:
             return 0.0
         now = time.monotonic()
-        if (thread_id, namespace) in self._putting_spaces:
+        space = key[:2]
+        if space in self._putting_spaces:
             return max(0.0, limit - now)
-        ended = self._put_ended.get((thread_id, namespace))
+        ended = self._put_ended.get(space)
         if ended is not None:
             return max(0.0, min(limit, ended + self._queued_put_grace) - now)
         return 0.0

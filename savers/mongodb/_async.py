@@ -455,9 +455,7 @@ class AsyncMongoSaver(BaseSaver):
         for key, group in by_checkpoint.items():
             if not await self._embed_writes(group, replace):
                 await self._insert_loose(group, replace)
-                # its put may have stored it while they were written
-                if await self._checkpoints.find_one(sh.one(*key, 3), {"_id": 1}):
-                    await self._adopt_loose(*key)
+                await self._adopt_loose(*key)  # its put may have landed meanwhile
 
     async def _insert_loose(self, writes: Sequence[StoredWrite], replace: bool) -> None:
         """Pending writes as documents of the writes collection (layout 2, or layout 3's
@@ -485,30 +483,29 @@ class AsyncMongoSaver(BaseSaver):
         first = writes[0]
         key = (first.thread_id, first.namespace, first.checkpoint_id)
         entries = [sh.write_entry(write) for write in writes]
-        where = sh.space(first.thread_id, first.namespace)
-        where["cid"] = first.checkpoint_id
         result = await self._checkpoints.update_one(
-            {**where, "w": {"$exists": False}}, {"$set": {"w": entries}})
+            {**sh.one(*key, self._layout), "w": {"$exists": False}}, {"$set": {"w": entries}})
         if result.matched_count:
             return True
         with self._lock:  # before looking: a put storing it meanwhile moves them in
             self._loose[key] = None
             while len(self._loose) > 4096:
                 self._loose.popitem(last=False)
-        if await self._merge_writes(where, entries, replace):
+        if await self._merge_writes(key, entries, replace):
             with self._lock:
                 self._loose.pop(key, None)
             return True
         return False
 
     async def _merge_writes(
-        self, where: dict[str, Any], entries: list[dict[str, Any]], replace: bool
+        self, key: tuple[str, str, str], entries: list[dict[str, Any]], replace: bool
     ) -> bool:
         """Add ``entries`` to a checkpoint document's writes; False when there is none.
 
         The document's writes are read, merged and set on condition that their change
         count ``wn`` is still what was read, else read again (an array ``$push`` and array
         equality are not on every server that speaks the protocol)."""
+        where = sh.one(*key, self._layout)
         while True:
             doc = await self._checkpoints.find_one(where, {"w": 1, "wn": 1})
             if doc is None:
@@ -521,8 +518,7 @@ class AsyncMongoSaver(BaseSaver):
             if list(merged.values()) == stored:
                 return True
             count = doc.get("wn")
-            unchanged = {"_id": doc["_id"], "thread_id": where["thread_id"],
-                         "wn": count if count is not None else {"$exists": False}}
+            unchanged = {**where, "wn": count if count is not None else {"$exists": False}}
             result = await self._checkpoints.update_one(
                 unchanged, {"$set": {"w": list(merged.values()), "wn": (count or 1) + 1}})
             if result.matched_count:
@@ -537,11 +533,10 @@ class AsyncMongoSaver(BaseSaver):
         key = (thread_id, namespace, checkpoint_id)
         if if_marked and key not in self._loose:
             return
-        where = sh.space(thread_id, namespace)
-        where["cid"] = checkpoint_id
-        docs = [doc async for doc in self._writes.find(where)]
+        docs = [doc async for doc in self._writes.find(
+            sh.ids_filter(thread_id, namespace, [checkpoint_id]))]
         if docs and not await self._merge_writes(
-                where, [sh.write_entry(sh.from_write_doc(doc)) for doc in docs], False):
+                key, [sh.write_entry(sh.from_write_doc(doc)) for doc in docs], False):
             return
         if docs:
             await self._writes.delete_many(
