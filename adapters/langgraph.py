@@ -359,11 +359,12 @@ class Checkpointer(BaseCheckpointSaver[int]):
                 lambda: self.aput(config, checkpoint, metadata, new_versions), "put")
         thread_id, namespace, parent_id = _target(config)
         place = (thread_id, namespace)
-        values, carry, splits = self._values(place, parent_id, checkpoint, new_versions)
-        if carry and parent_id is not None:
-            parent = self.saver.get(thread_id, parent_id, namespace=namespace)
-            _carry_forward(values, carry, parent, checkpoint)
-        self.saver.put(self._record(config, checkpoint, metadata, values))
+        with self.saver._putting_checkpoint(thread_id, namespace, str(checkpoint["id"])):
+            values, carry, splits = self._values(place, parent_id, checkpoint, new_versions)
+            if carry and parent_id is not None:
+                parent = self.saver.get(thread_id, parent_id, namespace=namespace)
+                _carry_forward(values, carry, parent, checkpoint)
+            self.saver.put(self._record(config, checkpoint, metadata, values))
         self._remember(place, checkpoint["id"], checkpoint["channel_versions"],
                        checkpoint["channel_values"], values, splits)
         return _config(thread_id, namespace, checkpoint["id"])
@@ -546,11 +547,12 @@ class Checkpointer(BaseCheckpointSaver[int]):
         self._bind_loop()
         thread_id, namespace, parent_id = _target(config)
         place = (thread_id, namespace)
-        values, carry, splits = self._values(place, parent_id, checkpoint, new_versions)
-        if carry and parent_id is not None:
-            parent = await self.saver.aget(thread_id, parent_id, namespace=namespace)
-            _carry_forward(values, carry, parent, checkpoint)
-        await self.saver.aput(self._record(config, checkpoint, metadata, values))
+        with self.saver._putting_checkpoint(thread_id, namespace, str(checkpoint["id"])):
+            values, carry, splits = self._values(place, parent_id, checkpoint, new_versions)
+            if carry and parent_id is not None:
+                parent = await self.saver.aget(thread_id, parent_id, namespace=namespace)
+                _carry_forward(values, carry, parent, checkpoint)
+            await self.saver.aput(self._record(config, checkpoint, metadata, values))
         self._remember(place, checkpoint["id"], checkpoint["channel_versions"],
                        checkpoint["channel_values"], values, splits)
         return _config(thread_id, namespace, checkpoint["id"])

@@ -398,7 +398,7 @@ class BaseSaver:
         """Store ``checkpoint``; returns it with ``id``, ``step``, ``parent_id`` and
         ``created_at`` filled. Re-putting an id with the same content is a no-op; with other
         content it raises :class:`ConflictError`."""
-        with self._turns.hold(_space_of(checkpoint)), self._in_flight(checkpoint):
+        with self._in_flight(checkpoint), self._turns.hold(_space_of(checkpoint)):
             return self._run(self._put_flow(checkpoint))
 
     def get(
@@ -511,8 +511,8 @@ class BaseSaver:
 
     # -- public API, async -----------------------------------------------------------
     async def aput(self, checkpoint: Checkpoint) -> Checkpoint:
-        async with self._turns.ahold(_space_of(checkpoint)):
-            with self._in_flight(checkpoint):
+        with self._in_flight(checkpoint):
+            async with self._turns.ahold(_space_of(checkpoint)):
                 return await self._arun(self._put_flow(checkpoint))
 
     async def aget(
@@ -775,15 +775,23 @@ class BaseSaver:
             yield from self._reverse_older_masters(parent, written)
         return stored.to_checkpoint(checkpoint.state)
 
-    @contextlib.contextmanager
-    def _in_flight(self, checkpoint: Checkpoint) -> Iterator[None]:
-        """Mark a put of a named checkpoint as running (its caller holds the turn of its
-        thread and namespace): see :meth:`_writes_wait`."""
+    def _in_flight(self, checkpoint: Checkpoint) -> contextlib.AbstractContextManager[None]:
+        """Mark a put of a named checkpoint as running, from before it waits for its
+        thread's turn: see :meth:`_writes_wait`."""
         space = _space_of(checkpoint)
         checkpoint_id = getattr(checkpoint, "id", None)
         if space is None or not isinstance(checkpoint_id, str):
-            yield
-            return
+            return contextlib.nullcontext()
+        return self._putting_checkpoint(*space, checkpoint_id)
+
+    @contextlib.contextmanager
+    def _putting_checkpoint(
+        self, thread_id: str, namespace: str, checkpoint_id: str
+    ) -> Iterator[None]:
+        """Mark a put of this checkpoint as running. Adapters mark it from the start of
+        their own put (serializing the state comes first), so writes for the checkpoint
+        wait for it from then on; marks nest."""
+        space = (thread_id, namespace)
         key = (*space, checkpoint_id)
         with self._putting_lock:
             self._putting[key] += 1
@@ -808,7 +816,7 @@ class BaseSaver:
     #: How long pending writes for a checkpoint this saver does not know wait, after the
     #: thread's running put ended, for a put of it queued behind that one to start, and
     #: at most in all while other puts of the thread run.
-    _queued_put_grace: ClassVar[float] = 0.05
+    _queued_put_grace: ClassVar[float] = 0.2
     _queued_put_wait: ClassVar[float] = 1.0
 
     def _writes_wait(self, key: tuple[str, str, str] | None, limit: float) -> float:
