@@ -63,6 +63,7 @@ import builtins
 import concurrent.futures
 import contextlib
 import heapq
+import itertools
 import random
 import threading
 from collections import OrderedDict
@@ -152,7 +153,6 @@ _KNOWN_KEYS = frozenset(
     {"v", "id", "ts", "channel_values", "channel_versions", "versions_seen", "updated_channels"}
 )
 _COUNTERS = "counters_since_delta_snapshot"
-_LIST_BATCH = 64
 #: How many (thread, namespace) places keep their last serialized channel values.
 _BLOB_PLACES = 64
 #: A channel's version, the object it was serialized from, the serialized value, and how a
@@ -326,26 +326,22 @@ class Checkpointer(BaseCheckpointSaver[int]):
             threads = [query.thread_id] if config is not None else self.saver.list_threads()
             spaces = [(t, ns) for t in threads for ns in self.saver.list_namespaces(t)]
             streams = [self._list_space(t, ns, query) for t, ns in spaces]
-            yield from _take(heapq.merge(*streams, key=_newest_first), query.limit)
+            yield from itertools.islice(heapq.merge(*streams, key=_newest_first), query.limit)
             return
         yield from self._list_space(query.thread_id, query.namespace, query)
 
     def _list_space(self, thread_id: str, namespace: str, query: _Query) -> Iterator[Any]:
         if query.checkpoint_id is not None:
-            one = self.saver.get(thread_id, query.checkpoint_id, namespace=namespace)
-            items: Iterable[Checkpoint] = [one] if one is not None else []
+            one = self.saver.get_with_writes(thread_id, query.checkpoint_id,
+                                             namespace=namespace)
+            found: Iterable[tuple[Checkpoint, builtins.list[PendingWrite]]] = (
+                [one] if one is not None else [])
         else:
-            items = self.saver.list(thread_id, namespace=namespace, before=query.before,
-                                    limit=query.server_limit, metadata=query.server_filter)
-        count = 0
-        for batch in _batches(i for i in items if query.keeps(i)):
-            writes = self.saver.get_writes(thread_id, [_id(i) for i in batch],
-                                           namespace=namespace)
-            for item in batch:
-                yield self._tuple(item, writes[_id(item)])
-                count += 1
-                if query.limit is not None and count >= query.limit:
-                    return
+            found = self.saver.list_with_writes(
+                thread_id, namespace=namespace, before=query.before,
+                limit=query.server_limit, metadata=query.server_filter)
+        yield from itertools.islice((self._tuple(item, writes) for item, writes in found
+                          if query.keeps(item)), query.limit)
 
     def put(
         self,
@@ -485,7 +481,7 @@ class Checkpointer(BaseCheckpointSaver[int]):
                 for namespace in await self.saver.alist_namespaces(thread_id):
                     tuples += [t async for t in self._alist_space(thread_id, namespace, query)]
             tuples.sort(key=_newest_first)
-            for item in _take(tuples, query.limit):
+            for item in itertools.islice(tuples, query.limit):
                 yield item
             return
         async for item in self._alist_space(query.thread_id, query.namespace, query):
@@ -494,48 +490,26 @@ class Checkpointer(BaseCheckpointSaver[int]):
     async def _alist_space(
         self, thread_id: str, namespace: str, query: _Query
     ) -> AsyncIterator[CheckpointTuple]:
-        items: builtins.list[Checkpoint] = []
         if query.checkpoint_id is not None:
-            one = await self.saver.aget(thread_id, query.checkpoint_id, namespace=namespace)
-            items = [one] if one is not None and query.keeps(one) else []
-            source: AsyncIterator[Checkpoint] = _aiter(items)
+            one = await self.saver.aget_with_writes(thread_id, query.checkpoint_id,
+                                                    namespace=namespace)
+            found: AsyncIterator[tuple[Checkpoint, builtins.list[PendingWrite]]] = _aiter(
+                [one] if one is not None else [])
         else:
-            source = self.saver.alist(thread_id, namespace=namespace, before=query.before,
-                                      limit=query.server_limit, metadata=query.server_filter)
+            found = self.saver.alist_with_writes(
+                thread_id, namespace=namespace, before=query.before,
+                limit=query.server_limit, metadata=query.server_filter)
         count = 0
-        batch: builtins.list[Checkpoint] = []
-        done = False
-        async for item in source:
-            if not query.keeps(item):
-                continue
-            batch.append(item)
-            if len(batch) < _LIST_BATCH:
-                continue
-            async for out in self._aflush(thread_id, namespace, batch):
-                yield out
-                count += 1
-                if query.limit is not None and count >= query.limit:
-                    done = True
-                    break
-            batch = []
-            if done:
-                break
-        if not done and batch:
-            async for out in self._aflush(thread_id, namespace, batch):
-                yield out
-                count += 1
+        try:
+            async for item, writes in found:
                 if query.limit is not None and count >= query.limit:
                     break
-        if hasattr(source, "aclose"):
-            await source.aclose()
-
-    async def _aflush(
-        self, thread_id: str, namespace: str, batch: builtins.list[Checkpoint]
-    ) -> AsyncIterator[CheckpointTuple]:
-        writes = await self.saver.aget_writes(thread_id, [_id(i) for i in batch],
-                                              namespace=namespace)
-        for item in batch:
-            yield self._tuple(item, writes[_id(item)])
+                if query.keeps(item):
+                    count += 1
+                    yield self._tuple(item, writes)
+        finally:
+            if hasattr(found, "aclose"):
+                await found.aclose()
 
     async def aput(
         self,
@@ -902,25 +876,7 @@ def _newest_first(item: CheckpointTuple) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in item.checkpoint["id"])
 
 
-def _take(items: Iterable[CheckpointTuple], limit: int | None) -> Iterator[CheckpointTuple]:
-    for count, item in enumerate(items):
-        if limit is not None and count >= limit:
-            return
-        yield item
-
-
-def _batches(items: Iterable[Checkpoint]) -> Iterator[builtins.list[Checkpoint]]:
-    batch: builtins.list[Checkpoint] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= _LIST_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-async def _aiter(items: Iterable[Checkpoint]) -> AsyncIterator[Checkpoint]:
+async def _aiter(items: Iterable[_T]) -> AsyncIterator[_T]:
     for item in items:
         yield item
 

@@ -338,6 +338,10 @@ def _space_of(checkpoint: object) -> tuple[str, str] | None:
 #: and rewriting them would cost a read and a write per put for nothing.
 _REVERSE_MIN_RAW = 1024
 
+#: Checkpoints whose pending writes ``list_with_writes`` fetches with one query, where a
+#: store keeps writes apart from their checkpoints.
+WRITES_BATCH = 64
+
 
 class BaseSaver:
     """Public methods of every saver, sync and async, over a few IO primitives.
@@ -419,6 +423,21 @@ class BaseSaver:
         """Checkpoints of a thread, newest first; ``before`` keeps ids older than the one
         given, ``metadata`` keeps checkpoints whose metadata has those exact values."""
         return self._iterate(self._list_flow(thread_id, namespace, before, limit, metadata))
+
+    def list_with_writes(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Iterator[tuple[Checkpoint, builtins.list[PendingWrite]]]:
+        """``list``, each checkpoint with its pending writes (as ``get_writes`` gives
+        them): read with the checkpoints where the store keeps them together, else one
+        query per :data:`WRITES_BATCH` checkpoints."""
+        return self._iterate(
+            self._list_flow(thread_id, namespace, before, limit, metadata, with_writes=True))
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint and released version of the thread, all namespaces."""
@@ -530,6 +549,19 @@ class BaseSaver:
         metadata: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Checkpoint]:
         flow = self._list_flow(thread_id, namespace, before, limit, metadata)
+        async for item in self._aiterate(flow):
+            yield item
+
+    async def alist_with_writes(
+        self,
+        thread_id: str,
+        *,
+        namespace: str = "",
+        before: str | None = None,
+        limit: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[tuple[Checkpoint, builtins.list[PendingWrite]]]:
+        flow = self._list_flow(thread_id, namespace, before, limit, metadata, with_writes=True)
         async for item in self._aiterate(flow):
             yield item
 
@@ -1098,6 +1130,7 @@ class BaseSaver:
         before: str | None,
         limit: int | None,
         metadata: Mapping[str, Any] | None,
+        with_writes: bool = False,
     ) -> Flow[None]:
         _check_ids(thread_id, namespace)
         _check_optional_id("before", before)
@@ -1114,13 +1147,26 @@ class BaseSaver:
         yield from self._fetch_chains(thread_id, namespace, items, lookup)
         memo: dict[str, bytes] = {}
         chain: str | None = None
-        for item in items:
+        writes: dict[str, builtins.list[StoredWrite]] = {}
+        for index, item in enumerate(items):
             if item.keyframe_id != chain:  # keep at most one chain's states in memory
                 memo.clear()
                 chain = item.keyframe_id
             raw = memo.get(item.id) or self._decode(item, lookup, memo)
             self._listed.put((thread_id, namespace, item.id), _Known(raw, self._header(item)))
-            yield _Emit(item.to_checkpoint(self._loads(raw, item)))
+            checkpoint = item.to_checkpoint(self._loads(raw, item))
+            if not with_writes:
+                yield _Emit(checkpoint)
+                continue
+            if item.writes is None and item.id not in writes:  # not read with it: fetch
+                batch = [i.id for i in items[index:index + WRITES_BATCH] if i.writes is None]
+                writes = {checkpoint_id: [] for checkpoint_id in batch}
+                for write in (yield Call("_read_writes", (thread_id, namespace, batch))):
+                    if write.checkpoint_id in writes:
+                        writes[write.checkpoint_id].append(write)
+            stored = writes.pop(item.id) if item.writes is None else item.writes
+            loaded = yield from self._load_writes(thread_id, namespace, [item.id], stored)
+            yield _Emit((checkpoint, loaded[item.id]))
 
     def _put_writes_flow(
         self,

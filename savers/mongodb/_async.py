@@ -240,9 +240,11 @@ class AsyncMongoSaver(BaseSaver):
             await self.asetup()
 
     # -- primitives ----------------------------------------------------------------------
-    async def _complete(self, docs: Sequence[Mapping[str, Any]]) -> list[StoredCheckpoint]:
+    async def _complete(
+        self, docs: Sequence[Mapping[str, Any]], writes: bool = True
+    ) -> list[StoredCheckpoint]:
         """StoredCheckpoints of head documents of one thread, fetching chunked records in
-        one query."""
+        one query (``writes``: the documents were read with their pending writes)."""
         tokens = sh.tokens_of(docs)
         pieces: dict[str, list[Mapping[str, Any]]] = {}
         if tokens:
@@ -251,7 +253,7 @@ class AsyncMongoSaver(BaseSaver):
                 pieces.setdefault(piece["token"], []).append(piece)
         out = []
         for doc in docs:
-            out.append(sh.from_doc(doc, pieces, self._layout))
+            out.append(sh.from_doc(doc, pieces, self._layout, writes=writes))
         return out
 
     async def _read(
@@ -298,18 +300,23 @@ class AsyncMongoSaver(BaseSaver):
     async def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
-        return await self._find(sh.chains_filter(thread_id, namespace, keyframe_ids))
+        return await self._find(sh.chains_filter(thread_id, namespace, keyframe_ids),
+                                writes=False)
 
     async def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
         """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
-        return await self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids))
+        return await self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids),
+                                writes=False)
 
-    async def _find(self, query: dict[str, Any]) -> list[StoredCheckpoint]:
+    async def _find(self, query: dict[str, Any], writes: bool) -> list[StoredCheckpoint]:
+        """Checkpoint documents (``writes``: with their pending writes, else without
+        fetching them)."""
         await self._ensure_setup()
-        docs = [doc async for doc in self._checkpoints.find(query, batch_size=1000)]
-        return await self._complete(docs)
+        cursor = self._checkpoints.find(query, None if writes else sh.without_writes(self._layout),
+                                        batch_size=1000)
+        return await self._complete([doc async for doc in cursor], writes)
 
     async def _list(
         self,

@@ -241,9 +241,11 @@ class MongoSaver(BaseSaver):
             self.setup()
 
     # -- primitives ----------------------------------------------------------------------
-    def _complete(self, docs: Sequence[Mapping[str, Any]]) -> list[StoredCheckpoint]:
+    def _complete(
+        self, docs: Sequence[Mapping[str, Any]], writes: bool = True
+    ) -> list[StoredCheckpoint]:
         """StoredCheckpoints of head documents of one thread, fetching chunked records in
-        one query."""
+        one query (``writes``: the documents were read with their pending writes)."""
         tokens = sh.tokens_of(docs)
         pieces: dict[str, list[Mapping[str, Any]]] = {}
         if tokens:
@@ -252,7 +254,7 @@ class MongoSaver(BaseSaver):
                 pieces.setdefault(piece["token"], []).append(piece)
         out = []
         for doc in docs:
-            out.append(sh.from_doc(doc, pieces, self._layout))
+            out.append(sh.from_doc(doc, pieces, self._layout, writes=writes))
         return out
 
     def _read(
@@ -299,18 +301,23 @@ class MongoSaver(BaseSaver):
     def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
-        return self._find(sh.chains_filter(thread_id, namespace, keyframe_ids))
+        return self._find(sh.chains_filter(thread_id, namespace, keyframe_ids),
+                                writes=False)
 
     def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
         """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
-        return self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids))
+        return self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids),
+                                writes=False)
 
-    def _find(self, query: dict[str, Any]) -> list[StoredCheckpoint]:
+    def _find(self, query: dict[str, Any], writes: bool) -> list[StoredCheckpoint]:
+        """Checkpoint documents (``writes``: with their pending writes, else without
+        fetching them)."""
         self._ensure_setup()
-        docs = [doc for doc in self._checkpoints.find(query, batch_size=1000)]
-        return self._complete(docs)
+        cursor = self._checkpoints.find(query, None if writes else sh.without_writes(self._layout),
+                                        batch_size=1000)
+        return self._complete([doc for doc in cursor], writes)
 
     def _list(
         self,

@@ -12,7 +12,7 @@ import pytest
 from conformance_support import assert_same
 
 from savegame.savers import BaseSaver, Checkpoint, KeyframePolicy, SerializationError, codec
-from savegame.savers.base import _write_location
+from savegame.savers.base import WRITES_BATCH, _write_location
 from savegame.savers.checkpoint import PendingWrite
 
 Call = Callable[..., Any]
@@ -34,14 +34,14 @@ def call(
 
         def sync(name: str, *args: Any, **kwargs: Any) -> Any:
             result = getattr(saver, name)(*args, **kwargs)
-            return list(result) if name == "list" else result
+            return list(result) if name in ("list", "list_with_writes") else result
 
         return sync
 
     def run(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "list":
-            async def collect() -> list[Checkpoint]:
-                return [c async for c in saver.alist(*args, **kwargs)]
+        if name in ("list", "list_with_writes"):
+            async def collect() -> list[Any]:
+                return [c async for c in getattr(saver, "a" + name)(*args, **kwargs)]
 
             return loop.run_until_complete(collect())
         return loop.run_until_complete(getattr(saver, "a" + name)(*args, **kwargs))
@@ -103,6 +103,38 @@ def test_get_with_writes_is_get_and_get_writes_at_once(call: Call, saver: BaseSa
     assert call("get_with_writes", "nobody") is None
     chat(call, "ww", 1)  # a checkpoint without writes
     assert call("get_with_writes", "ww")[1] == []
+
+
+def test_list_with_writes_is_list_and_get_writes_at_once(call: Call, saver: BaseSaver) -> None:
+    """More checkpoints than one query of writes covers where a store keeps them apart
+    (WRITES_BATCH), every third with writes; listing options as for ``list``."""
+    assert WRITES_BATCH < 70
+    made = chat(call, "lw", 70)
+    for number, checkpoint in enumerate(made):
+        if number % 3 == 0:
+            call("put_writes", "lw", checkpoint.id, [
+                PendingWrite("t", 1, "c", f"{number}.1"),
+                PendingWrite("t", 0, "messages", checkpoint.state["messages"][-1])])
+    for cold in (False, True):
+        if cold:
+            saver._cache.clear()
+            saver._listed.clear()
+        for options in ({}, {"limit": 5}, {"before": made[40].id, "limit": 30},
+                        {"metadata": {"turn": 9}}):
+            listed = call("list", "lw", **options)
+            expected = call("get_writes", "lw", [c.id for c in listed])
+            got = call("list_with_writes", "lw", **options)
+            assert [c.id for c, _ in got] == [c.id for c in listed]
+            assert [dict(c.state) for c, _ in got] == [dict(c.state) for c in listed]
+            assert [[(w.task_id, w.index, w.channel, w.value) for w in writes]
+                    for _, writes in got] == [
+                        [(w.task_id, w.index, w.channel, w.value) for w in expected[c.id]]
+                        for c in listed]
+        got = call("list_with_writes", "lw")
+        assert len(got) == 70
+        assert [w.value for w in got[-1][1]] == [made[0].state["messages"][-1], "0.1"]
+        assert got[-2][1] == []
+    assert call("list_with_writes", "nobody") == []
 
 
 def test_writes_are_per_checkpoint_and_namespace(call: Call) -> None:
