@@ -56,7 +56,8 @@ apart, see :data:`NAMES`)::
     d          int           records a read decodes (2: ``depth``)
     seq        int           append order within (thread_id, ns); the latest is the
                              highest (absent in legacy documents)
-    s          int           step (2: ``step``)
+    s          int           step (2: ``step``); absent when it is ``seq - 1`` (a linear
+                             thread's checkpoints)
     node, next str?          node_id, next_node_id
     meta       object        metadata as BSON fields: ``list(metadata=...)`` filters on
                              ``meta.<key>`` server-side
@@ -235,9 +236,10 @@ def to_doc(
         "kf": stored.keyframe_id,
         names.depth: stored.depth,
         "seq": stored.seq,
-        names.step: stored.step,
         "ts": stored.created_at,
     }
+    if layout < 3 or not stored.seq or stored.step != stored.seq - 1:
+        doc[names.step] = stored.step  # (layout 3: a linear thread's step is its seq - 1)
     if stored.parent_id is not None:
         doc[names.parent] = _parent_value(stored, layout)
     if stored.base_id is not None:
@@ -385,7 +387,8 @@ def from_doc(
             namespace=_typed(doc, "ns", str),
             id=_typed(doc, "cid", str),
             parent_id=_parent(doc, names.parent),
-            step=_typed(doc, names.step, int),
+            step=(_typed(doc, names.step, int) if names.step in doc or layout < 3
+                  else _typed(doc, "seq", int) - 1),
             node_id=_typed(doc, "node", str, optional=True),
             next_node_id=_typed(doc, "next", str, optional=True),
             metadata=dict(metadata),

@@ -116,15 +116,15 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     assert doc is not None
     assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
     assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
-    assert doc["kf"] == first.id and "base" not in doc and doc["s"] == 0
-    assert doc["seq"] == 1 and doc["d"] == 1 and "p" not in doc
+    assert doc["kf"] == first.id and "base" not in doc
+    assert doc["seq"] == 1 and "s" not in doc and doc["d"] == 1 and "p" not in doc  # step 0
     assert isinstance(doc["ts"], dt.datetime)
     assert doc["_id"] == _shared.record_id("t", "", first.id, 3) and len(doc["_id"]) == 22
-    assert set(doc) == {"_id", "thread_id", "ns", "cid", "kf", "d", "seq", "s", "ts", "node",
+    assert set(doc) == {"_id", "thread_id", "ns", "cid", "kf", "d", "seq", "ts", "node",
                         "next", "meta", "rec"}
     second = nx_saver.put(Checkpoint("t", {"n": 2}))
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
-    assert doc["seq"] == 2 and doc["s"] == 1
+    assert doc["seq"] == 2 and "s" not in doc  # step 1
     assert bytes(doc["p"]) == uuid.UUID(first.id).bytes  # 16 bytes, not 36 characters
     keys = {tuple(index["key"]) for index in raw[nx_saver.names.checkpoints].list_indexes()}
     assert {("thread_id", "ns", "cid"), ("thread_id", "ns", "kf")} <= keys
@@ -519,6 +519,25 @@ def test_ids_are_stored_as_16_bytes_only_when_they_read_back_the_same() -> None:
         assert _shared.unpack_id(stored, "p") == canonical
     with pytest.raises(TypeError, match="'p'"):
         _shared.unpack_id(b"short", "p")
+
+
+def test_a_step_its_seq_says_is_not_stored(nx_saver: MongoSaver) -> None:
+    """A linear thread's step is its seq - 1: layout 3 stores it only where a fork (or a
+    copy between threads) makes them differ."""
+    first = nx_saver.put(Checkpoint("t", {"n": 1}))
+    second = nx_saver.put(Checkpoint("t", {"n": 2}, parent_id=first.id))
+    fork = nx_saver.put(Checkpoint("t", {"n": 3}, parent_id=first.id))  # step 1, seq 3
+    docs = {d["cid"]: d for d in nx_saver._checkpoints.find({"thread_id": "t"})}
+    assert ["s" in docs[c.id] for c in (first, second, fork)] == [False, False, True]
+    assert docs[fork.id]["s"] == 1 and docs[fork.id]["seq"] == 3
+    nx_saver._cache.clear()
+    assert [(c.id, c.step) for c in nx_saver.list("t")] == [
+        (fork.id, 1), (second.id, 1), (first.id, 0)]
+    assert nx_saver.get("t", second.id).step == 1
+    nx_saver._checkpoints.update_one({"cid": second.id}, {"$unset": {"seq": ""}})
+    nx_saver._cache.clear()
+    with pytest.raises(CorruptCheckpointError, match="'seq'"):
+        nx_saver.get("t", second.id)
 
 
 def test_a_delta_against_its_parent_spells_the_parent_as_its_base(nx_saver: MongoSaver) -> None:
