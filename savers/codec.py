@@ -76,6 +76,7 @@ __all__ = [
     "location",
     "raw_hash",
     "read_header",
+    "stated_depth",
     "rebind",
     "repoint",
     "write_base",
@@ -487,6 +488,16 @@ def repoint(roots: Sequence[Root], previous: Root, index: int) -> tuple[list[Roo
     members = [*roots, previous]
     keep = [root for root in members if root[0] + (root[0] & -root[0]) > index]
     return members, keep
+
+
+def stated_depth(data: bytes) -> int:
+    """The depth a record's header states, unverified (every format keeps it at the same
+    place): for a store that does not repeat it beside the record. :func:`read_header`
+    verifies it with the rest when the record is read."""
+    if len(data) < 6 or data[:2] != _MAGIC:
+        raise ValueError("the record is not a savegame record (bad magic or truncated)")
+    depth: int = struct.unpack_from(">H", data, 4)[0]
+    return depth
 
 
 def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHeader:

@@ -53,7 +53,8 @@ apart, see :data:`NAMES`)::
                              canonical UUID, as LangGraph's are, else text (2: ``parent``)
     kf         str           keyframe id: the root of the record's decode chain
     base       str?          the record this one is a delta against (absent: keyframe)
-    d          int           records a read decodes (2: ``depth``)
+    d          int           (layouts 1 and 2: ``depth``, records a read decodes; layout 3
+                             reads it from the record's header)
     seq        int           append order within (thread_id, ns); the latest is the
                              highest (absent in legacy documents)
     s          int           step (2: ``step``); absent when it is ``seq - 1`` (a linear
@@ -86,6 +87,7 @@ from typing import Any
 
 from bson.binary import UUID_SUBTYPE, Binary
 
+from .. import codec
 from ..base import StoredCheckpoint, StoredWrite
 from ..errors import CorruptCheckpointError, SavegameError
 
@@ -234,10 +236,11 @@ def to_doc(
         "ns": stored.namespace,
         "cid": stored.id,
         "kf": stored.keyframe_id,
-        names.depth: stored.depth,
         "seq": stored.seq,
         "ts": stored.created_at,
     }
+    if layout < 3:  # (layout 3: the record's header says it)
+        doc[names.depth] = stored.depth
     if layout < 3 or not stored.seq or stored.step != stored.seq - 1:
         doc[names.step] = stored.step  # (layout 3: a linear thread's step is its seq - 1)
     if stored.parent_id is not None:
@@ -396,7 +399,8 @@ def from_doc(
             record=record,
             keyframe_id=_typed(doc, "kf", str),
             base_id=_typed(doc, "base", str, optional=True),
-            depth=_typed(doc, names.depth, int),
+            depth=(_typed(doc, names.depth, int) if names.depth in doc or layout < 3
+                   else codec.stated_depth(record)),
             seq=_typed(doc, "seq", int, optional=True) or 0,
             writes=(tuple(writes_of(doc)) if writes and layout >= 3 and "version" not in doc
                     else None),

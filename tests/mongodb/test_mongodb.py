@@ -30,6 +30,7 @@ from savegame.savers import (
     CorruptCheckpointError,
     KeyframePolicy,
     MongoSaver,
+    codec,
 )
 from savegame.savers.checkpoint import PendingWrite
 from savegame.savers.mongodb import UnsupportedLayoutError, _shared, _unasync
@@ -117,11 +118,12 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
     assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
     assert doc["kf"] == first.id and "base" not in doc
-    assert doc["seq"] == 1 and "s" not in doc and doc["d"] == 1 and "p" not in doc  # step 0
+    assert doc["seq"] == 1 and "s" not in doc and "p" not in doc  # step 0
+    assert "d" not in doc and codec.stated_depth(doc["rec"]) == 1  # the record says it
     assert isinstance(doc["ts"], dt.datetime)
     assert doc["_id"] == _shared.record_id("t", "", first.id, 3) and len(doc["_id"]) == 22
-    assert set(doc) == {"_id", "thread_id", "ns", "cid", "kf", "d", "seq", "ts", "node",
-                        "next", "meta", "rec"}
+    assert set(doc) == {"_id", "thread_id", "ns", "cid", "kf", "seq", "ts", "node", "next",
+                        "meta", "rec"}
     second = nx_saver.put(Checkpoint("t", {"n": 2}))
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
     assert doc["seq"] == 2 and "s" not in doc  # step 1
@@ -334,7 +336,7 @@ def test_a_new_master_rewrites_older_ones_in_two_commands(
         assert names in (["insert"], ["insert", "update"]), i
     assert seen == {("insert",), ("insert", "update")}
     docs = list(saver._checkpoints.find({"thread_id": "t"}))
-    masters = [d for d in docs if d["d"] == 1]
+    masters = [d for d in docs if codec.stated_depth(d["rec"]) == 1]
     assert sum(1 for d in masters if "base" not in d) == 1  # only the newest is whole
     saver._cache.clear()
     for i, put in enumerate(puts):
@@ -935,10 +937,12 @@ def test_with_a_ttl_keyframes_stay_whole() -> None:
     saver = mongo_harness.mongomock_saver(ttl=3600, policy=KeyframePolicy(max_chain=2))
     for i in range(10):
         saver.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
-    masters = list(saver._checkpoints.find({"thread_id": "t", "d": 1}))
+    masters = [doc for doc in saver._checkpoints.find({"thread_id": "t"})
+               if codec.stated_depth(doc["rec"]) == 1]
     assert len(masters) >= 4 and all("base" not in doc for doc in masters)
     untimed = mongo_harness.mongomock_saver(policy=KeyframePolicy(max_chain=2))
     for i in range(10):
         untimed.put(Checkpoint("t", {"n": i, "log": list(range(600 + i))}))
-    masters = list(untimed._checkpoints.find({"thread_id": "t", "d": 1}))
+    masters = [doc for doc in untimed._checkpoints.find({"thread_id": "t"})
+               if codec.stated_depth(doc["rec"]) == 1]
     assert sum("base" not in doc for doc in masters) == 1
