@@ -492,12 +492,13 @@ def repoint(roots: Sequence[Root], previous: Root, index: int) -> tuple[list[Roo
 
 def stated_depth(data: bytes) -> int:
     """The depth a record's header states, unverified (every format keeps it at the same
-    place): for a store that does not repeat it beside the record. :func:`read_header`
-    verifies it with the rest when the record is read."""
+    place), for a store that does not repeat it beside the record; 1 when the bytes are
+    not a record. :func:`read_header` checks the record, depth included, when it is read,
+    so a damaged one is reported there, as that checkpoint's."""
     if len(data) < 6 or data[:2] != _MAGIC:
-        raise ValueError("the record is not a savegame record (bad magic or truncated)")
+        return 1
     depth: int = struct.unpack_from(">H", data, 4)[0]
-    return depth
+    return max(1, depth)
 
 
 def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHeader:

@@ -199,13 +199,15 @@ class AsyncMongoSaver(BaseSaver):
             limit=keep)]
         if len(newest) < keep:
             return 0
+        kept = {sh.label_of(doc) for doc in newest}
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$lt": newest[-1]["cid"]}
-        query["kf"] = {"$nin": sorted({doc["kf"] for doc in newest})}
-        doomed = [doc["cid"] async for doc in self._checkpoints.find(query, {"cid": 1})]
+        doomed = [doc["cid"] async for doc in self._checkpoints.find(query, {"cid": 1, "kf": 1})
+                  if sh.label_of(doc) not in kept]
         if not doomed:
             return 0
-        result = await self._checkpoints.delete_many(query)
+        result = await self._checkpoints.delete_many(
+            sh.ids_filter(thread_id, namespace, doomed))
         # and their pending writes (a crash in between leaves writes nobody reads)
         await self._writes.delete_many(sh.ids_filter(thread_id, namespace, doomed))
         return int(result.deleted_count)
@@ -300,8 +302,8 @@ class AsyncMongoSaver(BaseSaver):
     async def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
-        return await self._find(sh.chains_filter(thread_id, namespace, keyframe_ids),
-                                writes=False)
+        return await self._find(
+            sh.chains_filter(thread_id, namespace, keyframe_ids, self._layout), writes=False)
 
     async def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
@@ -420,8 +422,8 @@ class AsyncMongoSaver(BaseSaver):
             while len(self._bumped) > 4096:
                 self._bumped.popitem(last=False)
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
-        query = sh.space(stored.thread_id, stored.namespace)
-        query["kf"] = stored.keyframe_id
+        query = sh.chains_filter(stored.thread_id, stored.namespace, [stored.keyframe_id],
+                                 self._layout)
         chain = [doc["cid"] async for doc in self._checkpoints.find(query, {"cid": 1})]
         query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
         await self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})

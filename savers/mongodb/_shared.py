@@ -51,7 +51,8 @@ apart, see :data:`NAMES`)::
     p          bin|str|true? parent checkpoint id: ``true`` when it is ``base`` (a delta
                              against its parent), else 16 bytes (BinData 4) when it is a
                              canonical UUID, as LangGraph's are, else text (2: ``parent``)
-    kf         str           keyframe id: the root of the record's decode chain
+    kf         str?          chain-group label: the keyframe that started the record's
+                             chain (layout 3: absent on that keyframe, whose ``cid`` it is)
     base       str?          the record this one is a delta against (absent: keyframe)
     d          int           (layouts 1 and 2: ``depth``, records a read decodes; layout 3
                              reads it from the record's header)
@@ -235,10 +236,11 @@ def to_doc(
         "thread_id": stored.thread_id,
         "ns": stored.namespace,
         "cid": stored.id,
-        "kf": stored.keyframe_id,
         "seq": stored.seq,
         "ts": stored.created_at,
     }
+    if layout < 3 or stored.keyframe_id != stored.id:  # (3: a keyframe's label is itself)
+        doc["kf"] = stored.keyframe_id
     if layout < 3:  # (layout 3: the record's header says it)
         doc[names.depth] = stored.depth
     if layout < 3 or not stored.seq or stored.step != stored.seq - 1:
@@ -274,7 +276,7 @@ def rewrite_update(doc: Mapping[str, Any], layout: int) -> dict[str, Any]:
     names = NAMES[layout]  # and the parent, which layout 3 may spell as "it is the base"
     fields = {key: doc[key] for key in ("kf", names.depth, "rec", "chunks", "base",
                                         names.parent) if key in doc}
-    unset = {key: "" for key in ("rec", "chunks", "base") if key not in doc}
+    unset = {key: "" for key in ("rec", "chunks", "base", "kf") if key not in doc}
     update: dict[str, Any] = {"$set": fields}
     if unset:
         update["$unset"] = unset
@@ -397,7 +399,7 @@ def from_doc(
             metadata=dict(metadata),
             created_at=_utc(doc["ts"]),
             record=record,
-            keyframe_id=_typed(doc, "kf", str),
+            keyframe_id=_typed(doc, "kf" if "kf" in doc or layout < 3 else "cid", str),
             base_id=_typed(doc, "base", str, optional=True),
             depth=(_typed(doc, names.depth, int) if names.depth in doc or layout < 3
                    else codec.stated_depth(record)),
@@ -625,8 +627,26 @@ def without_writes(layout: int) -> dict[str, int] | None:
     return dict.fromkeys(fields, 1)
 
 
-def chains_filter(thread_id: str, namespace: str, keyframe_ids: Iterable[str]) -> dict[str, Any]:
-    return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": sorted(set(keyframe_ids))}}
+def chains_filter(
+    thread_id: str, namespace: str, keyframe_ids: Iterable[str], layout: int
+) -> dict[str, Any]:
+    """The documents of the chain groups labelled ``keyframe_ids``. Layout 3 leaves the
+    label out of the keyframe it names (its ``cid``): each branch of the ``$or`` is served
+    by an index of its own."""
+    labels = sorted(set(keyframe_ids))
+    if layout < 3:
+        return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": labels}}
+    return {"$or": [
+        {"thread_id": thread_id, "ns": namespace, "kf": {"$in": labels}},
+        {"thread_id": thread_id, "ns": namespace, "cid": {"$in": labels},
+         "kf": {"$exists": False}},
+    ]}
+
+
+def label_of(doc: Mapping[str, Any]) -> Any:
+    """The chain-group label of a checkpoint document (layout 3: absent on the keyframe
+    it names)."""
+    return doc["kf"] if "kf" in doc else doc["cid"]
 
 
 def ids_filter(thread_id: str, namespace: str, checkpoint_ids: Iterable[str]) -> dict[str, Any]:

@@ -200,13 +200,15 @@ class MongoSaver(BaseSaver):
             limit=keep)]
         if len(newest) < keep:
             return 0
+        kept = {sh.label_of(doc) for doc in newest}
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$lt": newest[-1]["cid"]}
-        query["kf"] = {"$nin": sorted({doc["kf"] for doc in newest})}
-        doomed = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
+        doomed = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1, "kf": 1})
+                  if sh.label_of(doc) not in kept]
         if not doomed:
             return 0
-        result = self._checkpoints.delete_many(query)
+        result = self._checkpoints.delete_many(
+            sh.ids_filter(thread_id, namespace, doomed))
         # and their pending writes (a crash in between leaves writes nobody reads)
         self._writes.delete_many(sh.ids_filter(thread_id, namespace, doomed))
         return int(result.deleted_count)
@@ -301,8 +303,8 @@ class MongoSaver(BaseSaver):
     def _read_chains(
         self, thread_id: str, namespace: str, keyframe_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
-        return self._find(sh.chains_filter(thread_id, namespace, keyframe_ids),
-                                writes=False)
+        return self._find(
+            sh.chains_filter(thread_id, namespace, keyframe_ids, self._layout), writes=False)
 
     def _read_many(
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
@@ -421,8 +423,8 @@ class MongoSaver(BaseSaver):
             while len(self._bumped) > 4096:
                 self._bumped.popitem(last=False)
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
-        query = sh.space(stored.thread_id, stored.namespace)
-        query["kf"] = stored.keyframe_id
+        query = sh.chains_filter(stored.thread_id, stored.namespace, [stored.keyframe_id],
+                                 self._layout)
         chain = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
         query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
         self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})

@@ -117,13 +117,13 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     assert doc is not None
     assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
     assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
-    assert doc["kf"] == first.id and "base" not in doc
+    assert "kf" not in doc and "base" not in doc  # a keyframe: its own chain's label
     assert doc["seq"] == 1 and "s" not in doc and "p" not in doc  # step 0
     assert "d" not in doc and codec.stated_depth(doc["rec"]) == 1  # the record says it
     assert isinstance(doc["ts"], dt.datetime)
     assert doc["_id"] == _shared.record_id("t", "", first.id, 3) and len(doc["_id"]) == 22
-    assert set(doc) == {"_id", "thread_id", "ns", "cid", "kf", "seq", "ts", "node", "next",
-                        "meta", "rec"}
+    assert set(doc) == {"_id", "thread_id", "ns", "cid", "seq", "ts", "node", "next", "meta",
+                        "rec"}
     second = nx_saver.put(Checkpoint("t", {"n": 2}))
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
     assert doc["seq"] == 2 and "s" not in doc  # step 1
@@ -521,6 +521,31 @@ def test_ids_are_stored_as_16_bytes_only_when_they_read_back_the_same() -> None:
         assert _shared.unpack_id(stored, "p") == canonical
     with pytest.raises(TypeError, match="'p'"):
         _shared.unpack_id(b"short", "p")
+
+
+def test_a_keyframe_carries_no_label_of_its_own_chain(nx_saver: MongoSaver) -> None:
+    """Layout 3 leaves ``kf`` out where it would name the document itself: chain reads,
+    re-encoding after a deletion and retention find the group by ``cid`` then."""
+    nx_saver.policy = KeyframePolicy(max_chain=3)
+    log = [f"entry {i} " * 8 for i in range(40)]
+    puts = [nx_saver.put(Checkpoint("t", {"log": log[:10 + i]})) for i in range(8)]
+
+    def docs() -> dict[str, Any]:
+        return {d["cid"]: d for d in nx_saver._checkpoints.find({"thread_id": "t"})}
+
+    stored = docs()
+    assert "kf" not in stored[puts[0].id] and stored[puts[1].id]["kf"] == puts[0].id
+    assert all(d.get("kf") != cid for cid, d in stored.items())
+    nx_saver._cache.clear()
+    for i, put in enumerate(puts):  # cold reads fetch each chain group by label or cid
+        assert nx_saver.get("t", put.id).state == {"log": log[:10 + i]}
+    nx_saver.delete_checkpoints("t", [puts[3].id, puts[6].id])  # keyframes: re-encoded
+    stored = docs()
+    assert all(d.get("kf") != cid for cid, d in stored.items())
+    nx_saver._cache.clear()
+    for i, put in enumerate(puts):
+        if i not in (3, 6):
+            assert nx_saver.get("t", put.id).state == {"log": log[:10 + i]}
 
 
 def test_a_step_its_seq_says_is_not_stored(nx_saver: MongoSaver) -> None:

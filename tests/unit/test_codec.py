@@ -128,6 +128,20 @@ def test_header_roundtrip() -> None:
     assert len(delta.data) < len(key.data) / 4
 
 
+def test_stated_depth_is_the_headers_unverified() -> None:
+    """What a store that keeps no depth beside the record reads before decoding: the
+    header's depth; bytes that are no record say 1 (reading them fails, named)."""
+    _, key, raw1, delta = _pair()
+    deeper = encode(raw1 + b"x", Base(raw1, delta.header))
+    for rec in (key, delta, deeper):
+        assert codec.stated_depth(rec.data) == read_header(rec.data).depth
+    assert codec.stated_depth(deeper.data) == 3
+    for bad in (b"", b"SG\x04", b"XX" + delta.data[2:]):
+        assert codec.stated_depth(bad) == 1
+        with pytest.raises(RecordError):
+            read_header(bad)
+
+
 def test_empty_state_record() -> None:
     raw = dumps({})
     rec = encode(raw)
