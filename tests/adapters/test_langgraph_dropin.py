@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -372,8 +373,13 @@ def test_each_checkpoints_writes_wait_for_its_put_queued_behind_the_previous(
     builder.add_edge("chat", END)
     graph = builder.compile(checkpointer=Checkpointer(saver))
     config: RunnableConfig = {"configurable": {"thread_id": "queued"}}
-    for turn in range(40):
-        graph.invoke({"messages": [HumanMessage(content=f"question {turn} " * 20)]}, config)
+    gc.disable()  # a full collection late in a long test process can stall every thread
+    try:  # longer than the wait's grace (CI saw a 0.3 s stall elsewhere)
+        for turn in range(40):
+            graph.invoke({"messages": [HumanMessage(content=f"question {turn} " * 20)]},
+                         config)
+    finally:
+        gc.enable()
     assert slow == collections.Counter()
     assert saver._writes.count_documents({}) == 0
     state = graph.get_state(config)
