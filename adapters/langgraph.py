@@ -340,8 +340,8 @@ class Checkpointer(BaseCheckpointSaver[int]):
             found = self.saver.list_with_writes(
                 thread_id, namespace=namespace, before=query.before,
                 limit=query.server_limit, metadata=query.server_filter)
-        yield from itertools.islice((self._tuple(item, writes) for item, writes in found
-                          if query.keeps(item)), query.limit)
+        kept = (self._tuple(item, writes) for item, writes in found if query.keeps(item))
+        yield from itertools.islice(kept, query.limit)
 
     def put(
         self,
