@@ -399,7 +399,7 @@ def from_doc(
             metadata=dict(metadata),
             created_at=_utc(doc["ts"]),
             record=record,
-            keyframe_id=_typed(doc, "kf" if "kf" in doc or layout < 3 else "cid", str),
+            keyframe_id=_typed(doc, _label_field(doc, layout), str),
             base_id=_typed(doc, "base", str, optional=True),
             depth=(_typed(doc, names.depth, int) if names.depth in doc or layout < 3
                    else codec.stated_depth(record)),
@@ -643,10 +643,15 @@ def chains_filter(
     ]}
 
 
-def label_of(doc: Mapping[str, Any]) -> Any:
-    """The chain-group label of a checkpoint document (layout 3: absent on the keyframe
-    it names)."""
-    return doc["kf"] if "kf" in doc else doc["cid"]
+def _label_field(doc: Mapping[str, Any], layout: int) -> str:
+    """The field holding a checkpoint document's chain-group label: ``kf``, which layout
+    3 leaves out of the keyframe it names (its ``cid`` then)."""
+    return "kf" if "kf" in doc or layout < 3 else "cid"
+
+
+def label_of(doc: Mapping[str, Any], layout: int) -> Any:
+    """The chain-group label of a checkpoint document."""
+    return doc[_label_field(doc, layout)]
 
 
 def ids_filter(thread_id: str, namespace: str, checkpoint_ids: Iterable[str]) -> dict[str, Any]:

@@ -200,11 +200,11 @@ class MongoSaver(BaseSaver):
             limit=keep)]
         if len(newest) < keep:
             return 0
-        kept = {sh.label_of(doc) for doc in newest}
+        kept = {sh.label_of(doc, self._layout) for doc in newest}
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$lt": newest[-1]["cid"]}
         doomed = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1, "kf": 1})
-                  if sh.label_of(doc) not in kept]
+                  if sh.label_of(doc, self._layout) not in kept]
         if not doomed:
             return 0
         result = self._checkpoints.delete_many(
