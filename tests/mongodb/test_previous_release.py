@@ -7,7 +7,10 @@ decoded to then and the pending writes it read back:
 - ``mongodb_layout1.json``: savegame 0.1.0 (record format 1 with anchor deltas, layout 1:
   no seq, no meta collection; ``make_mongodb_layout1.py``);
 - ``mongodb_layout2.json``: layout 2 as of commit 1877df1 (record formats 4 and 5, text
-  ``_id`` hashes, pending writes in their own collection; ``make_mongodb_layout2.py``).
+  ``_id`` hashes, pending writes in their own collection; ``make_mongodb_layout2.py``);
+- ``mongodb_layout3.json``: layout 3 as of commit c2befe6 (record formats 4 and 5, pending
+  writes inside their checkpoint's document, short field names, packed UUIDs;
+  ``make_mongodb_layout3.py``).
 
 The documents go into a fresh database over the real driver on nx-27017; the current
 saver must decode every checkpoint to the same state and every pending write to the same
@@ -37,7 +40,8 @@ def digest(state: object) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["layout1", "layout2"])
+@pytest.fixture(scope="module", params=[1, 2, 3],
+                ids=["layout1", "layout2", "layout3"])
 def release(request: pytest.FixtureRequest) -> dict[str, Any]:
     data = json_util.loads((FIXTURES / f"mongodb_layout{request.param}.json").read_text())
     data["layout"] = request.param
@@ -113,5 +117,9 @@ def test_latest_writes_and_growth_follow_the_old_layout(saver: MongoSaver,
     saver._cache.clear()
     assert [w.value for w in saver.get_writes("chat", [grown.id])[grown.id]] == [["new"]]
     head = saver._checkpoints.find_one({"thread_id": "chat", "cid": grown.id})
-    assert "depth" in head and "d" not in head and "w" not in head  # its layout's fields
     assert isinstance(head["_id"], str)  # the old layout's hashed ids, as its readers expect
+    if release["layout"] < 3:  # its layout's fields
+        assert "depth" in head and "d" not in head and "w" not in head
+    else:  # writes inside, the depth in the record, 128-bit ids, the time stored
+        assert "depth" not in head and "d" not in head and "w" in head and "ts" in head
+        assert len(head["_id"]) == 22
