@@ -18,14 +18,17 @@ reverse records, and at most ``max_chain - 1`` deltas. Each master carries the F
 *roots* of its time (the masters that point to it, or will when it is converted) so the
 writer of the next master knows which records to re-point (:func:`repoint`).
 
-Layout, formats 4 and 5 (big-endian)::
+Layout, format 6 (what this savegame writes; integers are LEB128 varints unless sized)::
 
-    magic "SG" | format u8 | flags+kind u8 | depth u16 | raw_len u32 | raw_hash 8s | index u32
-    | [kind != MASTER: base_hash 8s] | chain_bytes u32 | keyframe_ratio u16
-    | [kind == MASTER: roots u16, per root: index u32, id length u16, id UTF-8]
-    | crc32 u32 | frame
+    magic "SG" | format u8 | flags+kind u8 | depth | raw_len | raw_hash 8s | index
+    | [kind != MASTER: base_hash 8s] | chain_bytes | keyframe_ratio u16 (big-endian)
+    | [kind == MASTER: roots, per root: index, id length, id UTF-8]
+    | crc32 u32 | frame (no zstd checksum)
 
-Formats 1 and 2 (still read) had a ``run u16`` after ``depth``, no index and no roots, and
+Formats 4 and 5 (still read) had the same fields at fixed widths (big-endian: depth u16,
+raw_len u32, index u32, chain_bytes u32, roots u16, per root index u32 and length u16) and
+frames carrying zstd's content checksum: 8-12 bytes more a record, which on a long chat's
+deltas of a few hundred bytes is a few percent. Formats 1 and 2 (still read) had a ``run u16`` after ``depth``, no index and no roots, and
 ANCHOR records (deltas against an earlier anchor). ``raw_hash`` fingerprints the serialized
 state: XXH3-64 where the kind byte has the ``XXH3`` flag (format 4; a tenth of BLAKE2b's
 CPU on a 160 KB state), else BLAKE2b-64 (formats 1-3, and the reverse records of their
@@ -33,8 +36,9 @@ masters, which keep their master's fingerprint). A delta's ``base_hash`` must eq
 base's ``raw_hash``. ``crc32``
 covers the record's *location* (the thread, namespace and checkpoint id it was written for,
 see :func:`location`; formats 2 and later), header and frame, so a valid record copied onto
-another checkpoint fails its checksum; the frame carries zstd's content checksum, so
-decoding against a wrong base fails loudly instead of returning plausible bytes.
+another checkpoint fails its checksum; every decoded state is checked against its
+``raw_hash`` (formats 4 and 5: zstd's content checksum in the frame), so decoding against
+a wrong base fails loudly instead of returning plausible bytes.
 ``chain_bytes`` counts the delta payload bytes a read of this record's forward chain
 fetches, ``keyframe_ratio`` the master's compressed/raw size (in 1/65535): the policy's
 inputs.
@@ -87,9 +91,13 @@ __all__ = [
 #: carries flags (``_XXH3``, ``_SPLICE``); 5: format 4's layout, written only by pending
 #: writes stored as copies of their checkpoint's state (:func:`encode_write`), so that a
 #: savegame of format 4 refuses those with "upgrade" instead of calling them damaged,
-#: and still reads everything else. The newest format this savegame reads:
-FORMAT_VERSION = 5
-_WRITTEN = 4  # the format of every other record
+#: and still reads everything else; 6: varint header fields and no zstd checksum (the
+#: decoded state's fingerprint is checked instead). The newest format this savegame reads,
+#: and the one it writes:
+FORMAT_VERSION = 6
+_WRITTEN = FORMAT_VERSION
+#: The first format with varint header fields and unchecksummed frames.
+_COMPACT = 6
 #: KEYFRAME: a master (no base); DELTA: base is the parent; ANCHOR (formats 1-2 only): base
 #: is an earlier anchor; REVERSE: a former master whose base is a newer master.
 KEYFRAME, DELTA, ANCHOR, REVERSE = 0, 1, 2, 3
@@ -102,11 +110,13 @@ _FLAGS = _XXH3 | _SPLICE
 _MAGIC = b"SG"
 _PREFIX_V1 = struct.Struct(">2sBBHHI8s")  # magic, format, kind, depth, run, raw_len, raw_hash
 _PREFIX = struct.Struct(">2sBBHI8sI")  # magic, format, kind, depth, raw_len, raw_hash, index
-_BASE = struct.Struct(">8s")
 _TAIL = struct.Struct(">IH")  # chain_bytes, keyframe_ratio
 _COUNT = struct.Struct(">H")
 _ROOT = struct.Struct(">IH")  # index, id length
 _CRC = struct.Struct(">I")
+_HEAD = struct.Struct(">2sBB")  # format 6: magic, format, flags+kind
+_HASH = struct.Struct(">8s")  # raw_hash, base_hash
+_RATIO = struct.Struct(">H")
 _MAX_WINDOW_LOG = 27  # 128 MiB: what a decoder accepts by default
 _FORMAT = zstd.FORMAT_ZSTD1_MAGICLESS
 
@@ -266,13 +276,13 @@ def _params(level: int | None, raw_len: int, base_len: int) -> zstd.ZstdCompress
         auto = 2 if base_len <= 1 << 18 else 3
         return zstd.ZstdCompressionParameters.from_level(
             auto if level is None else level, source_size=raw_len, dict_size=base_len,
-            write_checksum=1, format=_FORMAT,
+            write_checksum=0, format=_FORMAT,
         )
     window_log = min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(base_len + raw_len))))
     table_log = window_log - 3
     return zstd.ZstdCompressionParameters.from_level(
         2 if level is None else level, source_size=raw_len, dict_size=base_len,
-        window_log=window_log, hash_log=table_log, chain_log=table_log, write_checksum=1,
+        window_log=window_log, hash_log=table_log, chain_log=table_log, write_checksum=0,
         format=_FORMAT,
     )
 
@@ -308,11 +318,11 @@ def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
             if compressor is None:
                 compressor = cache[level, window_log] = zstd.ZstdCompressor(
                     compression_params=zstd.ZstdCompressionParameters.from_level(
-                        level, source_size=1 << window_log, write_checksum=1,
+                        level, source_size=1 << window_log, write_checksum=0,
                         format=_FORMAT, window_log=window_log))
             return compressor.compress(raw)
         params = zstd.ZstdCompressionParameters.from_level(
-            level, source_size=len(raw), write_checksum=1, format=_FORMAT,
+            level, source_size=len(raw), write_checksum=0, format=_FORMAT,
             window_log=window_log)
         return zstd.ZstdCompressor(compression_params=params).compress(raw)
     dictionary = _raw_dict(base)
@@ -323,22 +333,30 @@ def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
 def _pack(kind: int, depth: int, raw: bytes, digest: bytes, index: int,
           base_hash: bytes | None, chain_bytes: int, keyframe_ratio: int,
           roots: Sequence[Root], frame: bytes, where: bytes, xxh3: bool = True,
-          splice: bool = False, version: int = _WRITTEN) -> EncodedRecord:
+          splice: bool = False) -> EncodedRecord:
     flags = (_XXH3 if xxh3 else 0) | (_SPLICE if splice else 0)
-    head = _PREFIX.pack(_MAGIC, version, kind | flags, depth, len(raw), digest, index)
+    chain_bytes = min(chain_bytes, 0xFFFFFFFF)
+    head = bytearray(_HEAD.pack(_MAGIC, _WRITTEN, kind | flags))
+    _put_varint(head, depth)
+    _put_varint(head, len(raw))
+    head += digest
+    _put_varint(head, index)
     if base_hash is not None:
-        head += _BASE.pack(base_hash)
-    head += _TAIL.pack(min(chain_bytes, 0xFFFFFFFF), keyframe_ratio)
+        head += base_hash
+    _put_varint(head, chain_bytes)
+    head += _RATIO.pack(keyframe_ratio)
     if kind == KEYFRAME:
-        head += _COUNT.pack(len(roots))
+        _put_varint(head, len(roots))
         for root_index, root_id in roots:
             data = root_id.encode("utf-8")
-            head += _ROOT.pack(root_index, len(data)) + data
+            _put_varint(head, root_index)
+            _put_varint(head, len(data))
+            head += data
     crc = zlib.crc32(frame, zlib.crc32(head, zlib.crc32(where)))
     data = b"".join((head, _CRC.pack(crc), frame))
     header = RecordHeader(kind, depth, len(raw), digest, base_hash, chain_bytes,
                           keyframe_ratio, len(data) - len(frame), index, tuple(roots),
-                          version, xxh3, splice)
+                          _WRITTEN, xxh3, splice)
     return EncodedRecord(data, header, kind)
 
 
@@ -451,8 +469,7 @@ def encode_write(
             frame = _splice_frame(raw, state, ops, window)
             return _pack(DELTA, 2, raw, raw_hash(raw), 0,
                          state_hash if state_hash is not None else raw_hash(state),
-                         len(frame), 0xFFFF, (), frame, where, splice=True,
-                         version=FORMAT_VERSION)
+                         len(frame), 0xFFFF, (), frame, where, splice=True)
     return encode(raw, None, policy, where=where)
 
 
@@ -497,8 +514,14 @@ def stated_depth(data: bytes) -> int:
     so a damaged one is reported there, as that checkpoint's."""
     if len(data) < 6 or data[:2] != _MAGIC:
         return 1
-    depth: int = struct.unpack_from(">H", data, 4)[0]
-    return max(1, depth)
+    if data[2] >= _COMPACT:
+        try:
+            depth, _ = _get_varint(data, 4)
+        except ValueError:
+            return 1
+    else:
+        depth = struct.unpack_from(">H", data, 4)[0]
+    return max(1, min(depth, 0xFFFF))
 
 
 def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHeader:
@@ -513,6 +536,8 @@ def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHea
             f"{FORMAT_VERSION} and older: upgrade savegame to read it",
             position,
         )
+    if version >= _COMPACT:
+        return _read_compact_header(data, version, position, where)
     try:
         flags = 0
         if version >= 3:
@@ -530,8 +555,8 @@ def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHea
             raise RecordError("malformed record header", position)
         base_hash = None
         if kind != KEYFRAME:
-            (base_hash,) = _BASE.unpack_from(data, offset)
-            offset += _BASE.size
+            (base_hash,) = _HASH.unpack_from(data, offset)
+            offset += _HASH.size
         chain_bytes, ratio = _TAIL.unpack_from(data, offset)
         offset += _TAIL.size
         roots: list[Root] = []
@@ -550,6 +575,51 @@ def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHea
         raise RecordError("truncated record header", position) from None
     size = offset + _CRC.size
     if _crc(data, size, where if version >= 2 else b"") != crc:
+        raise RecordError("record checksum mismatch (the stored bytes were altered, or the "
+                          "record was moved here from another checkpoint)", position)
+    return RecordHeader(kind, depth, raw_len, digest, base_hash, chain_bytes, ratio, size,
+                        index, tuple(roots), version, bool(flags & _XXH3),
+                        bool(flags & _SPLICE))
+
+
+def _read_compact_header(data: bytes, version: int, position: int, where: bytes
+                         ) -> RecordHeader:
+    """:func:`read_header` of format 6 (varint fields)."""
+    try:
+        kind, flags = data[3] & _KIND_MASK, data[3] & ~_KIND_MASK
+        depth, offset = _get_varint(data, 4)
+        raw_len, offset = _get_varint(data, offset)
+        (digest,) = _HASH.unpack_from(data, offset)
+        index, offset = _get_varint(data, offset + _HASH.size)
+        base_hash = None
+        if kind != KEYFRAME:
+            (base_hash,) = _HASH.unpack_from(data, offset)
+            offset += _HASH.size
+        chain_bytes, offset = _get_varint(data, offset)
+        (ratio,) = _RATIO.unpack_from(data, offset)
+        offset += _RATIO.size
+        roots: list[Root] = []
+        if kind == KEYFRAME:
+            count, offset = _get_varint(data, offset)
+            if count > len(data):
+                raise ValueError("more roots than bytes")
+            for _ in range(count):
+                root_index, offset = _get_varint(data, offset)
+                length, offset = _get_varint(data, offset)
+                if offset + length > len(data) or root_index > 0xFFFFFFFF:
+                    raise ValueError("root past the end of the record")
+                roots.append((root_index, data[offset:offset + length].decode("utf-8")))
+                offset += length
+        (crc,) = _CRC.unpack_from(data, offset)
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError):
+        raise RecordError("truncated record header", position) from None
+    valid = (kind in (KEYFRAME, DELTA, REVERSE) and flags & ~_FLAGS == 0
+             and (not flags & _SPLICE or (kind == DELTA and flags & _XXH3))
+             and 1 <= depth <= 0xFFFF and max(raw_len, index, chain_bytes) <= 0xFFFFFFFF)
+    if not valid:
+        raise RecordError("malformed record header", position)
+    size = offset + _CRC.size
+    if _crc(data, size, where) != crc:
         raise RecordError("record checksum mismatch (the stored bytes were altered, or the "
                           "record was moved here from another checkpoint)", position)
     return RecordHeader(kind, depth, raw_len, digest, base_hash, chain_bytes, ratio, size,
@@ -634,6 +704,9 @@ def _decompress(data: bytes, header: RecordHeader, base: bytes | None, position:
         raise RecordError(f"compressed payload does not decode: {exc}", position) from None
     if len(raw) != header.raw_len:
         raise RecordError("decoded length differs from the recorded length", position)
+    if header.version >= _COMPACT and content_hash(raw, header) != header.raw_hash:
+        raise RecordError("decoded state does not match its fingerprint (wrong base?)",
+                          position)
     return raw
 
 
@@ -804,7 +877,7 @@ def _splice_frame(raw: bytes, base: bytes, ops: Sequence[tuple[int, int, int, in
         return bytes(head) + _compress(payload, None, 2)
     dictionary = b"".join(base[low:high] for low, high in kept)
     params = zstd.ZstdCompressionParameters.from_level(  # level 2: as small as 3 here
-        2, source_size=len(payload), dict_size=len(dictionary), write_checksum=1,
+        2, source_size=len(payload), dict_size=len(dictionary), write_checksum=0,
         format=_FORMAT)
     compressor = zstd.ZstdCompressor(compression_params=params,
                                      dict_data=_raw_dict(dictionary))

@@ -655,6 +655,14 @@ def test_keep_last_deletes_whole_chains_only() -> None:
     for c in remaining:  # every kept checkpoint still decodes: its chain is whole
         got = saver.get("t", c.id)
         assert got is not None and got.state == puts[c.step].state
+    # a put prunes when it starts a chain: chains the deltas since then pushed out of the
+    # newest 3 go on an explicit prune, whole, and the rest still decodes
+    pruned = saver.prune("t")
+    after = list(saver.list("t"))
+    assert len(after) == len(remaining) - pruned and [c.id for c in after][:3] == ids[:3]
+    saver._cache.clear()
+    assert all(saver.get("t", c.id).state == puts[c.step].state  # type: ignore[union-attr]
+               for c in after)
     assert saver.prune("t") == 0
 
 

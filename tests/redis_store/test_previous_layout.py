@@ -145,7 +145,7 @@ def test_format_3_records_keep_their_fingerprints(saver: RedisSaver,
     after = {c.id: digest(c.state) for c in fresh.list("chat")}
     assert {k: after[k] for k in before} == before
     kinds = {(h.version, h.kind, h.xxh3) for h in (_header(saver, c) for c in before)}
-    assert (4, codec.REVERSE, False) in kinds  # an old master, rewritten
+    assert (6, codec.REVERSE, False) in kinds  # an old master, rewritten (format 6)
     checked, _, problems = maintenance.verify_thread(fresh, "chat")
     assert problems == [] and checked >= len(after)  # and the other namespace's
 

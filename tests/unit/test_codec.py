@@ -76,20 +76,51 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _header_size(data: bytes | bytearray) -> int:
+    """Where a record's crc32 ends, read without the codec (format 6: varint fields;
+    formats 4 and 5: fixed widths)."""
+    kind = data[3] & 0x0F  # format 4 and later keep flags in the high bits
+    if 1 <= data[2] <= 5:
+        size = (struct.calcsize(">2sBBHI8sI") + (8 if kind != KEYFRAME else 0)
+                + struct.calcsize(">IH"))
+        if kind == KEYFRAME:
+            (count,) = struct.unpack_from(">H", data, size)
+            size += 2
+            for _ in range(count):
+                _, length = struct.unpack_from(">IH", data, size)
+                size += 6 + length
+        return size + 4
+    _, pos = _varint(data, 4)  # depth
+    _, pos = _varint(data, pos)  # raw_len
+    _, pos = _varint(data, pos + 8)  # index, after raw_hash
+    _, pos = _varint(data, pos + (8 if kind != KEYFRAME else 0))  # chain_bytes
+    pos += 2  # keyframe_ratio
+    if kind == KEYFRAME:
+        count, pos = _varint(data, pos)
+        for _ in range(count):
+            _, pos = _varint(data, pos)
+            length, pos = _varint(data, pos)
+            pos += length
+    return pos + 4
+
+
 def fix_crc(data: bytes | bytearray) -> bytes:
     """Recompute a record's crc32 so only the deliberate change remains."""
     data = bytearray(data)
-    kind = data[3] & 0x0F  # format 4 keeps flags in the high bits
-    size = struct.calcsize(">2sBBHI8sI") + (8 if kind != KEYFRAME else 0) + struct.calcsize(">IH")
-    if kind == KEYFRAME:
-        (count,) = struct.unpack_from(">H", data, size)
-        size += 2
-        for _ in range(count):
-            if size + 6 > len(data):
-                return bytes(data)  # the count itself was altered: nothing to fix
-            _, length = struct.unpack_from(">IH", data, size)
-            size += 6 + length
-    size += 4
+    try:
+        size = _header_size(data)
+    except (IndexError, struct.error):
+        return bytes(data)  # a length itself was altered: nothing to fix
     if size > len(data):
         return bytes(data)
     crc = zlib.crc32(bytes(data[size:]), zlib.crc32(bytes(data[: size - 4])))
@@ -126,7 +157,7 @@ def test_header_roundtrip() -> None:
     assert decode_path([key.data, delta.data]) == [raw0, raw1]
     assert decode_path([delta.data], Base(raw0, key.header)) == [raw1]
     assert len(delta.data) < len(key.data) / 4
-
+    assert delta.header.size <= 32  # format 6's varints: 40 bytes at formats 4-5
 
 def test_stated_depth_is_the_headers_unverified() -> None:
     """What a store that keeps no depth beside the record reads before decoding: the
@@ -209,11 +240,9 @@ def test_higher_format_version_refused(which: str) -> None:
 
 def test_malformed_header_fields_refused() -> None:
     _, key, _, _ = _pair()
-    for index, value in ((2, 0), (3, 7), (4, 0), (5, 0)):  # version 0, kind 7, depth 0
+    for index, value in ((2, 0), (3, 7), (4, 0)):  # version 0, kind 7, depth 0
         data = bytearray(key.data)
         data[index] = value
-        if index == 4:
-            data[5] = 0
         with pytest.raises(RecordError):
             read_header(fix_crc(data))
 
@@ -244,8 +273,8 @@ def test_decode_against_wrong_base_fails() -> None:
     raw1 = dumps(state)
     delta = encode(raw1, Base(raw0, key.header))
     assert delta.header.kind == DELTA
-    # Same length, one byte changed, anywhere in the base, under the right header: zstd's
-    # content checksum catches it. (A changed byte the delta never copies from cannot
+    # Same length, one byte changed, anywhere in the base, under the right header: the
+    # decoded state's fingerprint check catches it (formats 4-5: zstd's content checksum). (A changed byte the delta never copies from cannot
     # change the output: then the exact bytes come back, never wrong ones.)
     failures = 0
     for index in range(len(raw0)):
@@ -262,7 +291,7 @@ def test_decode_against_wrong_base_fails() -> None:
         wrong = bytearray(raw0)
         wrong[index] ^= 0x01
         wrong_raw = bytes(wrong)
-        with pytest.raises(RecordError, match="does not decode"):
+        with pytest.raises(RecordError, match="does not match its fingerprint"):
             decode_path([delta.data], Base(wrong_raw, key.header))
         # The wrong base as a record of its own: the base hash catches it.
         wrong_key = encode(wrong_raw)
@@ -294,7 +323,8 @@ def test_linkage_and_depth_mismatch_fail() -> None:
     # Depth forged in the record itself (crc fixed) to go backwards: still refused. (A depth
     # that only grows is a conservative hint: a rewritten base may sit shallower.)
     forged = bytearray(delta.data)
-    forged[4:6] = struct.pack(">H", 1)
+    assert forged[4] == 2  # format 6: depth is the varint after the kind byte
+    forged[4] = 1
     with pytest.raises(RecordError, match="depth"):
         decode_path([key.data, fix_crc(forged)])
     # A chain skipping a record.
@@ -845,16 +875,18 @@ def test_a_write_is_searched_for_at_the_start_and_the_end_of_a_big_state() -> No
         assert codec.decode_write(record.data, state) == state[at:at + 600]
 
 
-def test_only_write_copies_carry_format_5(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A savegame reading format 4 refuses a pending write stored as a copy with
-    "upgrade" (it would otherwise call it damaged) and still reads every other record."""
+def test_every_record_is_written_in_format_6(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masters, deltas and pending writes (copies, splices, whole) all carry format 6; a
+    savegame reading format 5 refuses each with "upgrade" instead of calling it damaged."""
     state = _text_base(random.Random(3), 100 * 1024)
     copy = codec.encode_write(state[2000:2600], state)
     alone = codec.encode_write(b"nothing in common", state)
     master = encode(state)
-    assert (copy.header.version, alone.header.version, master.header.version) == (5, 4, 4)
-    monkeypatch.setattr(codec, "FORMAT_VERSION", 4)
-    with pytest.raises(codec.UnsupportedFormatError, match="upgrade savegame"):
-        codec.decode_write(copy.data, state)
-    assert codec.decode_write(alone.data) == b"nothing in common"
-    assert decode_path([master.data]) == [state]
+    delta = encode(state + b"more", Base(state, master.header))
+    records = (copy, alone, master, delta)
+    assert {record.header.version for record in records} == {6}
+    assert codec.decode_write(copy.data, state) == state[2000:2600]
+    monkeypatch.setattr(codec, "FORMAT_VERSION", 5)
+    for record in records:
+        with pytest.raises(codec.UnsupportedFormatError, match="upgrade savegame"):
+            read_header(record.data)
