@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from . import codec
-from .checkpoint import Checkpoint, PendingWrite, Release, new_checkpoint_id
+from .checkpoint import Checkpoint, PendingWrite, Release, id_time, new_checkpoint_id
 from .errors import (
     ConflictError,
     CorruptCheckpointError,
@@ -999,6 +999,7 @@ class BaseSaver:
         thread_id, namespace = checkpoint.thread_id, checkpoint.namespace
         new_id = checkpoint.id if checkpoint.id is not None else new_checkpoint_id(
             parent.id if parent is not None else None)
+        created_at = _created_at(new_id)
         index, roots = 1, builtins.list[codec.Root]()
         if known is not None and parent is not None:
             index = known.header.index + 1
@@ -1019,7 +1020,7 @@ class BaseSaver:
             node_id=checkpoint.node_id,
             next_node_id=checkpoint.next_node_id,
             metadata=metadata,
-            created_at=_now(),
+            created_at=created_at,
             record=encoded.data,
             keyframe_id=parent.keyframe_id if delta and parent is not None else new_id,
             base_id=parent.id if delta and parent is not None else None,
@@ -1662,6 +1663,22 @@ def _now() -> dt.datetime:
     """UTC now, truncated to milliseconds (what BSON dates keep), so every saver agrees."""
     now = dt.datetime.now(dt.timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+#: How old the time a new checkpoint's id states may be to stand for its ``created_at``.
+_ID_TIME_SLACK = dt.timedelta(minutes=1)
+
+
+def _created_at(checkpoint_id: str) -> dt.datetime:
+    """A new checkpoint's ``created_at``: the time its id states (:func:`id_time`) when
+    that is within the last minute, else now. A time-ordered id is made a moment before
+    its put (by this saver, or by LangGraph as its UUIDv6), so the two agree and a store
+    may derive the time from the id instead of storing it again (MongoDB's layout 4)."""
+    now = _now()
+    stated = id_time(checkpoint_id)
+    if stated is not None and now - _ID_TIME_SLACK <= stated <= now:
+        return stated
+    return now
 
 
 #: The longest id (thread, namespace, checkpoint, node, task) a saver accepts, in characters.

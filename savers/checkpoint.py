@@ -8,10 +8,10 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-__all__ = ["Checkpoint", "PendingWrite", "Release", "new_checkpoint_id"]
+__all__ = ["Checkpoint", "PendingWrite", "Release", "id_time", "new_checkpoint_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +111,30 @@ def new_checkpoint_id(after: str | None = None) -> str:
     """A fresh time-ordered checkpoint id (UUIDv7 text; later ids sort after earlier ones),
     greater than ``after`` when that is a UUIDv7 id."""
     return _clock.next(after)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: Milliseconds from UUIDv6's epoch (the Gregorian reform, 1582-10-15) to the Unix epoch.
+_GREGORIAN_MS = 12_219_292_800_000
+
+
+def id_time(checkpoint_id: str) -> datetime | None:
+    """The time a time-ordered UUID states, to the millisecond: UUIDv7 (this module's ids)
+    and UUIDv6 (LangGraph's); None for any other id."""
+    if len(checkpoint_id) != 36:
+        return None
+    try:
+        value = uuid.UUID(checkpoint_id)
+    except ValueError:
+        return None
+    if value.version == 7:
+        millis = value.int >> 80
+    elif value.version == 6:  # 100-ns ticks: the top 48 bits, the version, the low 12
+        ticks = ((value.int >> 80) << 12) | ((value.int >> 64) & 0xFFF)
+        millis = ticks // 10_000 - _GREGORIAN_MS
+    else:
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=millis)
+    except OverflowError:
+        return None

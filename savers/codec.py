@@ -28,17 +28,17 @@ Layout, format 6 (what this savegame writes; integers are LEB128 varints unless 
 Formats 4 and 5 (still read) had the same fields at fixed widths (big-endian: depth u16,
 raw_len u32, index u32, chain_bytes u32, roots u16, per root index u32 and length u16) and
 frames carrying zstd's content checksum: 8-12 bytes more a record, which on a long chat's
-deltas of a few hundred bytes is a few percent. Formats 1 and 2 (still read) had a ``run u16`` after ``depth``, no index and no roots, and
-ANCHOR records (deltas against an earlier anchor). ``raw_hash`` fingerprints the serialized
-state: XXH3-64 where the kind byte has the ``XXH3`` flag (format 4; a tenth of BLAKE2b's
-CPU on a 160 KB state), else BLAKE2b-64 (formats 1-3, and the reverse records of their
-masters, which keep their master's fingerprint). A delta's ``base_hash`` must equal its
-base's ``raw_hash``. ``crc32``
-covers the record's *location* (the thread, namespace and checkpoint id it was written for,
-see :func:`location`; formats 2 and later), header and frame, so a valid record copied onto
-another checkpoint fails its checksum; every decoded state is checked against its
-``raw_hash`` (formats 4 and 5: zstd's content checksum in the frame), so decoding against
-a wrong base fails loudly instead of returning plausible bytes.
+deltas of a few hundred bytes is a few percent. Formats 1 and 2 (still read) had a ``run
+u16`` after ``depth``, no index and no roots, and ANCHOR records (deltas against an
+earlier anchor). ``raw_hash`` fingerprints the serialized state: XXH3-64 where the kind
+byte has the ``XXH3`` flag (format 4 on; a tenth of BLAKE2b's CPU on a 160 KB state), else
+BLAKE2b-64 (formats 1-3, and the reverse records of their masters, which keep their
+master's fingerprint). A delta's ``base_hash`` must equal its base's ``raw_hash``.
+``crc32`` covers the record's *location* (the thread, namespace and checkpoint id it was
+written for, see :func:`location`; formats 2 and later), header and frame, so a valid
+record copied onto another checkpoint fails its checksum; every decoded state is checked
+against its ``raw_hash`` (formats 4 and 5: zstd's content checksum in the frame), so
+decoding against a wrong base fails loudly instead of returning plausible bytes.
 ``chain_bytes`` counts the delta payload bytes a read of this record's forward chain
 fetches, ``keyframe_ratio`` the master's compressed/raw size (in 1/65535): the policy's
 inputs.
@@ -77,7 +77,9 @@ __all__ = [
     "encode",
     "encode_reverse",
     "encode_write",
+    "get_varint",
     "location",
+    "put_varint",
     "raw_hash",
     "read_header",
     "stated_depth",
@@ -337,20 +339,20 @@ def _pack(kind: int, depth: int, raw: bytes, digest: bytes, index: int,
     flags = (_XXH3 if xxh3 else 0) | (_SPLICE if splice else 0)
     chain_bytes = min(chain_bytes, 0xFFFFFFFF)
     head = bytearray(_HEAD.pack(_MAGIC, _WRITTEN, kind | flags))
-    _put_varint(head, depth)
-    _put_varint(head, len(raw))
+    put_varint(head, depth)
+    put_varint(head, len(raw))
     head += digest
-    _put_varint(head, index)
+    put_varint(head, index)
     if base_hash is not None:
         head += base_hash
-    _put_varint(head, chain_bytes)
+    put_varint(head, chain_bytes)
     head += _RATIO.pack(keyframe_ratio)
     if kind == KEYFRAME:
-        _put_varint(head, len(roots))
+        put_varint(head, len(roots))
         for root_index, root_id in roots:
             data = root_id.encode("utf-8")
-            _put_varint(head, root_index)
-            _put_varint(head, len(data))
+            put_varint(head, root_index)
+            put_varint(head, len(data))
             head += data
     crc = zlib.crc32(frame, zlib.crc32(head, zlib.crc32(where)))
     data = b"".join((head, _CRC.pack(crc), frame))
@@ -516,7 +518,7 @@ def stated_depth(data: bytes) -> int:
         return 1
     if data[2] >= _COMPACT:
         try:
-            depth, _ = _get_varint(data, 4)
+            depth, _ = get_varint(data, 4)
         except ValueError:
             return 1
     else:
@@ -587,25 +589,25 @@ def _read_compact_header(data: bytes, version: int, position: int, where: bytes
     """:func:`read_header` of format 6 (varint fields)."""
     try:
         kind, flags = data[3] & _KIND_MASK, data[3] & ~_KIND_MASK
-        depth, offset = _get_varint(data, 4)
-        raw_len, offset = _get_varint(data, offset)
+        depth, offset = get_varint(data, 4)
+        raw_len, offset = get_varint(data, offset)
         (digest,) = _HASH.unpack_from(data, offset)
-        index, offset = _get_varint(data, offset + _HASH.size)
+        index, offset = get_varint(data, offset + _HASH.size)
         base_hash = None
         if kind != KEYFRAME:
             (base_hash,) = _HASH.unpack_from(data, offset)
             offset += _HASH.size
-        chain_bytes, offset = _get_varint(data, offset)
+        chain_bytes, offset = get_varint(data, offset)
         (ratio,) = _RATIO.unpack_from(data, offset)
         offset += _RATIO.size
         roots: list[Root] = []
         if kind == KEYFRAME:
-            count, offset = _get_varint(data, offset)
+            count, offset = get_varint(data, offset)
             if count > len(data):
                 raise ValueError("more roots than bytes")
             for _ in range(count):
-                root_index, offset = _get_varint(data, offset)
-                length, offset = _get_varint(data, offset)
+                root_index, offset = get_varint(data, offset)
+                length, offset = get_varint(data, offset)
                 if offset + length > len(data) or root_index > 0xFFFFFFFF:
                     raise ValueError("root past the end of the record")
                 roots.append((root_index, data[offset:offset + length].decode("utf-8")))
@@ -809,14 +811,16 @@ def _splice_ops(new: bytes, base: bytes, budget: int) -> list[tuple[int, int, in
     return None if literal > budget else ops
 
 
-def _put_varint(out: bytearray, value: int) -> None:
+def put_varint(out: bytearray, value: int) -> None:
+    """Append ``value`` (>= 0) as a LEB128 varint."""
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
 
 
-def _get_varint(data: memoryview | bytes, pos: int) -> tuple[int, int]:
+def get_varint(data: memoryview | bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it; ValueError when truncated."""
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -844,7 +848,7 @@ def _splice_frame(raw: bytes, base: bytes, ops: Sequence[tuple[int, int, int, in
     the base's bytes up to ``window`` either side of each edit as dictionary (0: none)."""
     spans: list[list[int]] = []
     table, cursor = bytearray(), 0
-    _put_varint(table, len(ops))
+    put_varint(table, len(ops))
     for lit_start, lit_end, copy_start, copy_len in ops:
         if lit_end > lit_start and window:  # the dictionary: the base around the edit
             low = max(0, cursor - window)
@@ -854,9 +858,9 @@ def _splice_frame(raw: bytes, base: bytes, ops: Sequence[tuple[int, int, int, in
             else:
                 spans.append([low, high])
         move = copy_start - cursor if copy_len else 0
-        _put_varint(table, lit_end - lit_start)
-        _put_varint(table, move * 2 if move >= 0 else -move * 2 - 1)
-        _put_varint(table, copy_len)
+        put_varint(table, lit_end - lit_start)
+        put_varint(table, move * 2 if move >= 0 else -move * 2 - 1)
+        put_varint(table, copy_len)
         if copy_len:
             cursor = copy_start + copy_len
     head, end, size = bytearray(), 0, 0
@@ -867,10 +871,10 @@ def _splice_frame(raw: bytes, base: bytes, ops: Sequence[tuple[int, int, int, in
             break
         kept.append((low, high))
         size += high - low
-    _put_varint(head, len(kept))
+    put_varint(head, len(kept))
     for low, high in kept:
-        _put_varint(head, low - end)
-        _put_varint(head, high - low)
+        put_varint(head, low - end)
+        put_varint(head, high - low)
         end = high
     payload = bytes(table) + b"".join(raw[a:b] for a, b, _, _ in ops)
     if not kept:
@@ -887,13 +891,13 @@ def _splice_frame(raw: bytes, base: bytes, ops: Sequence[tuple[int, int, int, in
 def _unsplice(frame: memoryview, base: bytes, header: RecordHeader, position: int) -> bytes:
     """Rebuild a state from its splice frame and base, checking every bound."""
     try:
-        count, pos = _get_varint(frame, 0)
+        count, pos = get_varint(frame, 0)
         if count > len(base) + 1:
             raise ValueError("more dictionary spans than base bytes")
         slices, end = [], 0
         for _ in range(count):
-            gap, pos = _get_varint(frame, pos)
-            length, pos = _get_varint(frame, pos)
+            gap, pos = get_varint(frame, pos)
+            length, pos = get_varint(frame, pos)
             low, end = end + gap, end + gap + length
             if end > len(base):
                 raise ValueError("dictionary span past the end of the base")
@@ -903,15 +907,15 @@ def _unsplice(frame: memoryview, base: bytes, header: RecordHeader, position: in
             format=_FORMAT, dict_data=_raw_dict(dictionary) if dictionary else None)
         limit = header.raw_len + 32 * (header.raw_len // _MIN_RUN + 2)
         payload = _inflate(decompressor, frame[pos:], limit)
-        ops, pos = _get_varint(payload, 0)
+        ops, pos = get_varint(payload, 0)
         if ops > header.raw_len + 1:
             raise ValueError("more operations than output bytes")
         moves = []
         literal_total = 0
         for _ in range(ops):
-            literal, pos = _get_varint(payload, pos)
-            move, pos = _get_varint(payload, pos)
-            copy, pos = _get_varint(payload, pos)
+            literal, pos = get_varint(payload, pos)
+            move, pos = get_varint(payload, pos)
+            copy, pos = get_varint(payload, pos)
             moves.append((literal, (move >> 1) if not move & 1 else -((move + 1) >> 1), copy))
             literal_total += literal
         if pos + literal_total != len(payload):

@@ -39,18 +39,21 @@ the same latest checkpoint (see ``savers/base.py``). The index is partial (docum
 a ``seq``), so legacy documents need none; it has ``thread_id`` as its prefix, which a
 unique index on a sharded collection needs: shard on ``{thread_id: 1}`` (ranged).
 
-Checkpoint document (layout 3; layouts 1 and 2 spell three fields out and keep writes
-apart, see :data:`NAMES`)::
+Checkpoint document (layout 4; layouts 1 and 2 spell three fields out and keep writes
+apart, see :data:`NAMES`; layout 3 differs where noted)::
 
-    _id        str           128-bit hash of thread_id, ns, cid (+ version in the
-                             archive), base64url (layout 2: hex); text, not BinData, so
-                             every server and emulator matches it
+    _id        str           hash of thread_id, ns, cid (+ version in the archive): 96
+                             bits as 16 base64url characters (3: 128 bits in 22; 2: 32
+                             hex digits); text, not BinData, so every server and
+                             emulator matches it
     thread_id  str           every query filters on it (the shard key)
     ns         str           namespace
     cid        str           checkpoint id (time-ordered text: sorting by it is "newest")
-    p          bin|str|true? parent checkpoint id: ``true`` when it is ``base`` (a delta
-                             against its parent), else 16 bytes (BinData 4) when it is a
-                             canonical UUID, as LangGraph's are, else text (2: ``parent``)
+    p          bin|str|null? parent checkpoint id, absent when it is ``base`` (a delta
+                             against its parent: most documents) and null for none
+                             where there is a base; 16 bytes (BinData 4) when it is a
+                             canonical UUID, as LangGraph's are, else text (3: ``true``
+                             where 4 leaves it out, absent for none; 2: ``parent``)
     kf         str?          chain-group label: the keyframe that started the record's
                              chain (layout 3: absent on that keyframe, whose ``cid`` it is)
     base       str?          the record this one is a delta against (absent: keyframe)
@@ -63,13 +66,15 @@ apart, see :data:`NAMES`)::
     node, next str?          node_id, next_node_id
     meta       object        metadata as BSON fields: ``list(metadata=...)`` filters on
                              ``meta.<key>`` server-side
-    ts         date          created_at
+    ts         date          created_at; absent where it is the time the ``cid`` states
+                             (a UUIDv6 or v7 made at the put, see ``id_time``; 3: always)
     rec        BinData       the record (codec.py), absent when it is chunked
     chunks     object        {token, n, size} when the record is in ``chunks``
     exp        date          expiry (only with ``ttl``): a TTL index deletes the document
-    w          array         pending writes ``{t: task id (bin|str, as p), i: index,
-                             c: channel, p: task path (absent when empty), r: record}``
-                             (not in the archive: a release deletes the run's writes)
+    w          array         pending writes, each one BinData (see :func:`write_entry`; 3:
+                             ``{t: task id (bin|str, as p), i: index, c: channel, p:
+                             task path (absent when empty), r: record}``) (not in the
+                             archive: a release deletes the run's writes)
     wn         int           changes of ``w`` after its first (a compare-and-set count)
     fmt        int           layout version (absent = 1); newer layouts are refused
     version    int           (archive only) the released version
@@ -90,7 +95,9 @@ from bson.binary import UUID_SUBTYPE, Binary
 
 from .. import codec
 from ..base import StoredCheckpoint, StoredWrite
+from ..checkpoint import id_time
 from ..errors import CorruptCheckpointError, SavegameError
+from ..known_text import pack_text, unpack_text
 
 __all__ = [
     "CHUNK_BYTES",
@@ -111,7 +118,7 @@ __all__ = [
     "writes_of",
 ]
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 #: Records longer than this are split into chunk documents of at most this size, which
 #: keeps every document under MongoDB's 16 MiB limit with room for the envelope.
 CHUNK_BYTES = 15 << 20
@@ -129,7 +136,7 @@ class Names:
 #: Layout 3 shortened the fields no query names; queried ones (thread_id, ns, cid, kf,
 #: base, seq, meta, ts, exp) keep their names in every layout.
 NAMES = {1: Names("parent", "depth", "step"), 2: Names("parent", "depth", "step"),
-         3: Names("p", "d", "s")}
+         3: Names("p", "d", "s"), 4: Names("p", "d", "s")}
 
 
 def pack_id(value: str) -> str | Binary:
@@ -198,8 +205,11 @@ def _hash(*parts: str | int) -> str:
 
 def record_id(thread_id: str, namespace: str, checkpoint_id: str, layout: int) -> str:
     """``_id`` of a live checkpoint document: 32 hex digits up to layout 2, 22 base64url
-    characters from layout 3 (the same 128 bits)."""
+    characters in layout 3 (the same 128 bits), 16 from layout 4 (96 of them: ids are
+    unique within a collection, where 2^48 documents give even odds of one collision)."""
     digest = _digest("c", thread_id, namespace, checkpoint_id)
+    if layout >= 4:
+        return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
     if layout >= 3:
         return base64.urlsafe_b64encode(digest)[:22].decode("ascii")
     return digest.hex()
@@ -237,15 +247,19 @@ def to_doc(
         "ns": stored.namespace,
         "cid": stored.id,
         "seq": stored.seq,
-        "ts": stored.created_at,
     }
+    if layout < 4 or _millis(id_time(stored.id)) != _millis(stored.created_at):
+        doc["ts"] = stored.created_at
     if layout < 3 or stored.keyframe_id != stored.id:  # (3: a keyframe's label is itself)
         doc["kf"] = stored.keyframe_id
     if layout < 3:  # (layout 3: the record's header says it)
         doc[names.depth] = stored.depth
     if layout < 3 or not stored.seq or stored.step != stored.seq - 1:
         doc[names.step] = stored.step  # (layout 3: a linear thread's step is its seq - 1)
-    if stored.parent_id is not None:
+    if layout >= 4:
+        if stored.parent_id != stored.base_id:
+            doc[names.parent] = None if stored.parent_id is None else pack_id(stored.parent_id)
+    elif stored.parent_id is not None:
         doc[names.parent] = _parent_value(stored, layout)
     if stored.base_id is not None:
         doc["base"] = stored.base_id
@@ -266,7 +280,7 @@ def to_doc(
     else:
         doc["rec"] = record
     if writes:
-        doc["w"] = [write_entry(write) for write in writes]
+        doc["w"] = [write_entry(write, layout) for write in writes]
     return doc, chunks
 
 
@@ -276,7 +290,8 @@ def rewrite_update(doc: Mapping[str, Any], layout: int) -> dict[str, Any]:
     names = NAMES[layout]  # and the parent, which layout 3 may spell as "it is the base"
     fields = {key: doc[key] for key in ("kf", names.depth, "rec", "chunks", "base",
                                         names.parent) if key in doc}
-    unset = {key: "" for key in ("rec", "chunks", "base", "kf") if key not in doc}
+    unset = {key: "" for key in ("rec", "chunks", "base", "kf", names.parent)
+             if key not in doc}
     update: dict[str, Any] = {"$set": fields}
     if unset:
         update["$unset"] = unset
@@ -387,17 +402,19 @@ def from_doc(
         metadata = doc.get("meta") or {}
         if not isinstance(metadata, Mapping):
             raise TypeError("meta is not an object")
+        checkpoint_id = _typed(doc, "cid", str)
         return StoredCheckpoint(
             thread_id=_typed(doc, "thread_id", str),
             namespace=_typed(doc, "ns", str),
-            id=_typed(doc, "cid", str),
-            parent_id=_parent(doc, names.parent),
+            id=checkpoint_id,
+            parent_id=_parent(doc, names.parent, layout),
             step=(_typed(doc, names.step, int) if names.step in doc or layout < 3
                   else _typed(doc, "seq", int) - 1),
             node_id=_typed(doc, "node", str, optional=True),
             next_node_id=_typed(doc, "next", str, optional=True),
             metadata=dict(metadata),
-            created_at=_utc(doc["ts"]),
+            created_at=(_utc(doc["ts"]) if "ts" in doc or layout < 4
+                        else _stated_time(checkpoint_id)),
             record=record,
             keyframe_id=_typed(doc, _label_field(doc, layout), str),
             base_id=_typed(doc, "base", str, optional=True),
@@ -420,13 +437,36 @@ def _parent_value(stored: StoredCheckpoint, layout: int) -> str | Binary | bool:
     return True if stored.parent_id == stored.base_id else pack_id(stored.parent_id)
 
 
-def _parent(doc: Mapping[str, Any], field: str) -> str | None:
+def _parent(doc: Mapping[str, Any], field: str, layout: int) -> str | None:
+    if layout >= 4 and field not in doc:  # the parent is the record's base, if any
+        return _typed(doc, "base", str, optional=True)  # type: ignore[no-any-return]
     value = doc.get(field)
     if value is None:
         return None
     if value is True:  # layout 3: the parent is the record's base
         return str(_typed(doc, "base", str))
     return unpack_id(value, field)
+
+
+def _millis(value: dt.datetime | None) -> int | None:
+    """Milliseconds since the epoch (what a BSON date keeps); a naive value is UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return (value - _EPOCH) // _MILLISECOND
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+
+
+def _stated_time(checkpoint_id: str) -> dt.datetime:
+    """``created_at`` of a layout-4 document that leaves ``ts`` out: its id's time."""
+    stated = id_time(checkpoint_id)
+    if stated is None:
+        raise KeyError("'ts' (and the checkpoint id states no time)")
+    return stated
 
 
 def _typed(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
@@ -495,34 +535,97 @@ def write_doc(write: StoredWrite, expire_at: dt.datetime | None = None) -> dict[
     return doc
 
 
-def write_entry(write: StoredWrite) -> dict[str, Any]:
-    """A pending write inside its checkpoint's document (layout 3)."""
-    entry: dict[str, Any] = {"t": pack_id(write.task_id), "i": write.index,
-                             "c": write.channel}
-    if write.task_path:
-        entry["p"] = write.task_path
-    entry["r"] = write.record
-    return entry
+Entry = dict[str, Any] | bytes
 
 
-def entry_key(entry: Mapping[str, Any]) -> tuple[str, Any]:
+def write_entry(write: StoredWrite, layout: int) -> Entry:
+    """A pending write inside its checkpoint's document. Layout 4: one binary value (a
+    document of five fields costs ~60 bytes of names, types and lengths; this ~25)::
+
+        varint zigzag(index) | varint 0, 16 bytes of a canonical UUID task id
+                                 (or varint 1 + n, n bytes of UTF-8)
+        | varint n, n bytes of channel | varint n, n bytes of task path (both
+        ``known_text.pack_text``) | the record (the rest)
+
+    Layout 3: ``{t, i, c, p, r}`` (see the module's docstring)."""
+    if layout < 4:
+        entry: dict[str, Any] = {"t": pack_id(write.task_id), "i": write.index,
+                                 "c": write.channel}
+        if write.task_path:
+            entry["p"] = write.task_path
+        entry["r"] = write.record
+        return entry
+    out = bytearray()
+    codec.put_varint(out, write.index * 2 if write.index >= 0 else -write.index * 2 - 1)
+    task = pack_id(write.task_id)
+    data = bytes(task) if isinstance(task, Binary) else task.encode("utf-8", "surrogatepass")
+    codec.put_varint(out, 0 if isinstance(task, Binary) else len(data) + 1)
+    out += data
+    for text in (write.channel, write.task_path):
+        data = pack_text(text)
+        codec.put_varint(out, len(data))
+        out += data
+    out += write.record
+    return bytes(out)
+
+
+def _read_entry(entry: bytes) -> tuple[str, int, str, str, bytes]:
+    """(task id, index, channel, task path, record) of a layout-4 entry; ValueError (or
+    UnicodeDecodeError) when it is malformed."""
+    view = memoryview(entry)
+    zigzag, pos = codec.get_varint(view, 0)
+    index = zigzag >> 1 if not zigzag & 1 else -((zigzag + 1) >> 1)
+    size, pos = codec.get_varint(view, pos)
+    length = 16 if size == 0 else size - 1
+    if pos + length > len(entry):
+        raise ValueError("a pending write's entry is truncated")
+    raw = entry[pos:pos + length]
+    task = str(uuid.UUID(bytes=raw)) if size == 0 else raw.decode("utf-8", "surrogatepass")
+    pos += length
+    texts = []
+    for _ in range(2):
+        length, pos = codec.get_varint(view, pos)
+        if pos + length > len(entry):
+            raise ValueError("a pending write's entry is truncated")
+        texts.append(unpack_text(entry[pos:pos + length]))
+        pos += length
+    return task, index, texts[0], texts[1], entry[pos:]
+
+
+def entry_key(entry: Any) -> tuple[str, Any]:
     """What makes a stored write unique within its checkpoint: (task, index)."""
+    if isinstance(entry, bytes):
+        try:
+            task, index, _, _, _ = _read_entry(bytes(entry))
+        except (ValueError, UnicodeDecodeError):
+            return "", entry  # a damaged entry is kept as it is (reading it fails, named)
+        return task, index
     return unpack_id(entry.get("t"), "w.t"), entry.get("i")
 
 
 def writes_of(doc: Mapping[str, Any]) -> list[StoredWrite]:
-    """The pending writes stored in a layout-3 checkpoint document."""
+    """The pending writes stored in a checkpoint document (layouts 3 and 4)."""
     entries = doc.get("w") or []
     try:
         if not isinstance(entries, list):
             raise TypeError(f"field 'w' is {type(entries).__qualname__}, not an array")
-        return [StoredWrite(
-            thread_id=_typed(doc, "thread_id", str), namespace=_typed(doc, "ns", str),
-            checkpoint_id=_typed(doc, "cid", str), task_id=unpack_id(entry["t"], "w.t"),
-            index=_typed(entry, "i", int), channel=_typed(entry, "c", str),
-            task_path=_typed(entry, "p", str, optional=True) or "",
-            record=bytes(_typed(entry, "r", bytes)),
-        ) for entry in entries]
+        thread_id, namespace = _typed(doc, "thread_id", str), _typed(doc, "ns", str)
+        checkpoint_id = _typed(doc, "cid", str)
+        out = []
+        for entry in entries:
+            if isinstance(entry, bytes):  # layout 4
+                task, index, channel, path, record = _read_entry(bytes(entry))
+            elif isinstance(entry, Mapping):
+                task, index = unpack_id(entry["t"], "w.t"), _typed(entry, "i", int)
+                channel = _typed(entry, "c", str)
+                path = _typed(entry, "p", str, optional=True) or ""
+                record = bytes(_typed(entry, "r", bytes))
+            else:
+                raise TypeError(f"a pending write is {type(entry).__qualname__}")
+            out.append(StoredWrite(thread_id=thread_id, namespace=namespace,
+                                   checkpoint_id=checkpoint_id, task_id=task, index=index,
+                                   channel=channel, task_path=path, record=record))
+        return out
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad_doc(doc, exc) from None
 

@@ -492,7 +492,7 @@ class MongoSaver(BaseSaver):
         having none (a resend after a lost reply changes nothing)."""
         first = writes[0]
         key = (first.thread_id, first.namespace, first.checkpoint_id)
-        entries = [sh.write_entry(write) for write in writes]
+        entries = [sh.write_entry(write, self._layout) for write in writes]
         result = self._checkpoints.update_one(
             {**sh.one(*key, self._layout), "w": {"$exists": False}}, {"$set": {"w": entries}})
         if result.matched_count:
@@ -508,7 +508,7 @@ class MongoSaver(BaseSaver):
         return False
 
     def _merge_writes(
-        self, key: tuple[str, str, str], entries: list[dict[str, Any]], replace: bool
+        self, key: tuple[str, str, str], entries: list[sh.Entry], replace: bool
     ) -> bool:
         """Add ``entries`` to a checkpoint document's writes; False when there is none.
 
@@ -520,7 +520,9 @@ class MongoSaver(BaseSaver):
             doc = self._checkpoints.find_one(where, {"w": 1, "wn": 1})
             if doc is None:
                 return False
-            stored = list(doc.get("w") or [])
+            # (a binary entry may come back as bson.Binary, which equals no bytes)
+            stored = [bytes(entry) if isinstance(entry, bytes) else entry
+                      for entry in doc.get("w") or []]
             merged = {sh.entry_key(entry): entry for entry in stored}
             for entry in entries:
                 if replace or sh.entry_key(entry) not in merged:
@@ -546,7 +548,8 @@ class MongoSaver(BaseSaver):
         docs = [doc for doc in self._writes.find(
             sh.ids_filter(thread_id, namespace, [checkpoint_id]))]
         if docs and not self._merge_writes(
-                key, [sh.write_entry(sh.from_write_doc(doc)) for doc in docs], False):
+                key, [sh.write_entry(sh.from_write_doc(doc), self._layout) for doc in docs],
+                False):
             return
         if docs:
             self._writes.delete_many(

@@ -133,7 +133,7 @@ def test_hostile_splice_frames_fail_loudly(data):
     else:  # a hand-made op table: big moves, lengths, counts
         table = bytearray()
         for value in data.draw(st.lists(st.integers(0, 2**40), max_size=12)):
-            codec._put_varint(table, value)
+            codec.put_varint(table, value)
         frame = b"\x00" + zstandard.ZstdCompressor(
             compression_params=zstandard.ZstdCompressionParameters.from_level(
                 3, write_checksum=1, format=zstandard.FORMAT_ZSTD1_MAGICLESS)

@@ -7,7 +7,6 @@ conformance suite (tests/conformance) covers the shared contract on every tier.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from savegame.savers import (
     MongoSaver,
     codec,
 )
-from savegame.savers.checkpoint import PendingWrite
+from savegame.savers.checkpoint import PendingWrite, id_time
 from savegame.savers.mongodb import UnsupportedLayoutError, _shared, _unasync
 from savegame.savers.serde import Serializer
 
@@ -110,7 +109,8 @@ def test_no_io_in_init() -> None:
 
 # -- layout ----------------------------------------------------------------------------
 def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
-    first = nx_saver.put(Checkpoint("t", {"n": 1}, node_id="a", next_node_id="b",
+    text = " ".join(f"word{i}" for i in range(400))  # (a second state is a delta of this)
+    first = nx_saver.put(Checkpoint("t", {"n": 1, "text": text}, node_id="a", next_node_id="b",
                                     metadata={"user": "ada", "tags": {"x": 1}}))
     raw = mongo_harness.sync_client(nx_uri)[mongo_harness.DATABASE]
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": first.id})
@@ -120,29 +120,40 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     assert "kf" not in doc and "base" not in doc  # a keyframe: its own chain's label
     assert doc["seq"] == 1 and "s" not in doc and "p" not in doc  # step 0
     assert "d" not in doc and codec.stated_depth(doc["rec"]) == 1  # the record says it
-    assert isinstance(doc["ts"], dt.datetime)
-    assert doc["_id"] == _shared.record_id("t", "", first.id, 3) and len(doc["_id"]) == 22
-    assert set(doc) == {"_id", "thread_id", "ns", "cid", "seq", "ts", "node", "next", "meta",
-                        "rec"}
-    second = nx_saver.put(Checkpoint("t", {"n": 2}))
+    assert "ts" not in doc and id_time(first.id) == first.created_at  # the id states it
+    assert doc["_id"] == _shared.record_id("t", "", first.id, 4) and len(doc["_id"]) == 16
+    assert set(doc) == {"_id", "thread_id", "ns", "cid", "seq", "node", "next", "meta", "rec"}
+    second = nx_saver.put(Checkpoint("t", {"n": 2, "text": text}))
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
     assert doc["seq"] == 2 and "s" not in doc  # step 1
+    assert doc["base"] == first.id and "p" not in doc  # a delta: its parent is its base
+    nx_saver.policy = KeyframePolicy(max_chain=1)  # the fork below: a master with a parent
+    fork = nx_saver.put(Checkpoint("t", {"n": 3, "text": text}, parent_id=first.id))
+    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": fork.id})
     assert bytes(doc["p"]) == uuid.UUID(first.id).bytes  # 16 bytes, not 36 characters
+    assert "base" not in doc and doc["s"] == 1  # (a fork: its step is not seq - 1)
     keys = {tuple(index["key"]) for index in raw[nx_saver.names.checkpoints].list_indexes()}
     assert {("thread_id", "ns", "cid"), ("thread_id", "ns", "kf")} <= keys
     # pending writes live in their checkpoint's document
     task = str(uuid.uuid4())
-    nx_saver.put_writes("t", second.id, [PendingWrite(task, 0, "c", "v", task_path="~p"),
-                                         PendingWrite("not-a-uuid", 1, "c", "w")])
+    nx_saver.put_writes("t", second.id, [
+        PendingWrite(task, 0, "messages", "v", task_path="~__pregel_pull, chat"),
+        PendingWrite("not-a-uuid", 1, "c", "w"),
+        PendingWrite("tâche", -3, "__interrupt__", "x", task_path="ü")])
     doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
-    assert [{k: v for k, v in entry.items() if k != "r"} for entry in doc["w"]] == [
-        {"t": uuid.UUID(task).bytes, "i": 0, "c": "c", "p": "~p"},
-        {"t": "not-a-uuid", "i": 1, "c": "c"}]
+    # one binary value each: index, task id (16 bytes for a UUID), channel and task path
+    # (known names packed to a byte), then the record
+    heads = [entry[:len(entry) - len(rec)] for entry, rec in zip(
+        doc["w"], (w.record for w in _shared.writes_of(doc)), strict=True)]
+    assert heads == [b"\x00\x00" + uuid.UUID(task).bytes + b"\x01\x83\x05\x80chat",
+                     b"\x02\x0bnot-a-uuid\x01c\x00",
+                     b"\x05\x07t\xc3\xa2che\x01\x86\x02\xc3\xbc"]
     assert raw[nx_saver.names.writes].count_documents({}) == 0
     nx_saver._cache.clear()
     got = nx_saver.get_writes("t", [second.id])[second.id]
-    assert [(w.task_id, w.index, w.value, w.task_path) for w in got] == [
-        ("not-a-uuid", 1, "w", ""), (task, 0, "v", "~p")]
+    assert sorted((w.task_id, w.index, w.channel, w.value, w.task_path) for w in got) == [
+        (task, 0, "messages", "v", "~__pregel_pull, chat"),
+        ("not-a-uuid", 1, "c", "w", ""), ("tâche", -3, "__interrupt__", "x", "ü")]
 
 
 def test_every_query_names_thread_id(nx_uri: str) -> None:
@@ -572,7 +583,7 @@ def test_a_delta_against_its_parent_spells_the_parent_as_its_base(nx_saver: Mong
     first = nx_saver.put(Checkpoint("t", {"log": log}))
     second = nx_saver.put(Checkpoint("t", {"log": [*log, "more"]}, parent_id=first.id))
     doc = nx_saver._checkpoints.find_one({"thread_id": "t", "cid": second.id})
-    assert doc["base"] == first.id and doc["p"] is True
+    assert doc["base"] == first.id and "p" not in doc  # (layout 3: "p": true)
     nx_saver._cache.clear()
     again = nx_saver.get("t", second.id)
     assert again is not None and again.parent_id == first.id
@@ -720,14 +731,15 @@ def test_ttl_pending_writes_expire_no_earlier_than_their_checkpoint() -> None:
     assert ttl and ttl[0].get("expireAfterSeconds") == 0
 
 
-def test_ttl_pending_writes_of_layout_3_expire_with_their_checkpoint() -> None:
-    """Layout 3 keeps writes in their checkpoint's document: they expire with it. Writes
-    put for a checkpoint that is not stored go to the writes collection, with an expiry."""
+def test_ttl_pending_writes_inside_their_checkpoint_expire_with_it() -> None:
+    """Layouts 3 and 4 keep writes in their checkpoint's document: they expire with it.
+    Writes put for a checkpoint that is not stored go to the writes collection, with an
+    expiry."""
     saver = mongo_harness.mongomock_saver(ttl=3600)
     first = saver.put(Checkpoint("t", {"n": 0}))
     saver.put_writes("t", first.id or "", [PendingWrite("task", 0, "c", "value")])
     doc = saver._checkpoints.find_one({"thread_id": "t", "cid": first.id})
-    assert "exp" in doc and "exp" not in doc["w"][0]
+    assert "exp" in doc and isinstance(doc["w"][0], bytes)  # one expiry: the document's
     saver.put_writes("t", "elsewhere", [PendingWrite("task", 0, "c", "loose")])
     loose = saver._writes.find_one({"thread_id": "t"})
     assert loose is not None and loose["cid"] == "elsewhere" and "exp" in loose
@@ -838,12 +850,38 @@ def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
         nx_saver.get("t", put.id)
 
 
+def test_layout_4_derives_what_it_leaves_out() -> None:
+    """``ts`` is left out only where the checkpoint id states the same millisecond, and
+    ``p`` only where the parent is the base: every other case stores them, and a cold read
+    gives back every field as put."""
+    saver = mongo_harness.mongomock_saver(policy=KeyframePolicy(max_chain=2))
+    old_id = "0170c7e6-0000-7000-8000-000000000000"  # a UUIDv7 of 2020: not the put's time
+    text = " ".join(f"word{i}" for i in range(400))
+    puts = [saver.put(Checkpoint("t", {"n": -1, "text": text}, id=old_id)),
+            saver.put(Checkpoint("t", {"n": 0, "text": text}, id="plain-id"))]
+    puts += [saver.put(Checkpoint("t", {"n": i, "text": text + " more" * i}))
+             for i in range(1, 12)]  # masters every 2: the older ones become reverse records
+    docs = {doc["cid"]: doc for doc in saver._checkpoints.find({"thread_id": "t"})}
+    assert {cid for cid, doc in docs.items() if "ts" in doc} == {old_id, "plain-id"}
+    assert docs[old_id]["p"] is None and docs[old_id]["base"]  # a root, now a reverse record
+    kinds = {("p" in doc and doc["p"] is not None, "base" in doc) for doc in docs.values()}
+    # deltas on their parent, masters with a parent, reverse records against newer masters
+    assert {(False, True), (True, False), (True, True)} <= kinds
+    saver._cache.clear()
+    for put in puts:
+        got = saver.get("t", put.id)
+        assert got is not None
+        assert (got.parent_id, got.created_at, got.step) == (put.parent_id, put.created_at,
+                                                             put.step)
+        assert got.state == put.state
+
+
 def test_newer_layout_is_refused_clearly() -> None:
     saver = mongo_harness.mongomock_saver()
     saver.put(Checkpoint("t", {"n": 1}))
     saver._checkpoints.update_many({}, {"$set": {"fmt": 9}})
     saver._cache.clear()
-    with pytest.raises(UnsupportedLayoutError, match=r"layout 3.*upgrade savegame"):
+    with pytest.raises(UnsupportedLayoutError, match=r"layout 4.*upgrade savegame"):
         saver.get("t")
 
 

@@ -274,8 +274,9 @@ def test_decode_against_wrong_base_fails() -> None:
     delta = encode(raw1, Base(raw0, key.header))
     assert delta.header.kind == DELTA
     # Same length, one byte changed, anywhere in the base, under the right header: the
-    # decoded state's fingerprint check catches it (formats 4-5: zstd's content checksum). (A changed byte the delta never copies from cannot
-    # change the output: then the exact bytes come back, never wrong ones.)
+    # decoded state's fingerprint check catches it (formats 4-5: zstd's content checksum).
+    # (A changed byte the delta never copies from cannot change the output: then the exact
+    # bytes come back, never wrong ones.)
     failures = 0
     for index in range(len(raw0)):
         wrong = bytearray(raw0)
