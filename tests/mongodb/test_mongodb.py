@@ -21,6 +21,8 @@ import mongo_harness
 import pymongo
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymongo import monitoring
 
 from savegame.savers import (
@@ -32,6 +34,7 @@ from savegame.savers import (
     MongoSaver,
     codec,
 )
+from savegame.savers.base import StoredWrite
 from savegame.savers.checkpoint import PendingWrite, id_time
 from savegame.savers.mongodb import UnsupportedLayoutError, _shared, _unasync
 from savegame.savers.serde import Serializer
@@ -852,6 +855,28 @@ def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
     nx_saver._cache.clear()
     with pytest.raises(CorruptCheckpointError, match=r"format version 99.*upgrade savegame"):
         nx_saver.get("t", put.id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60), st.integers(-(2**40), 2**40),
+       st.sampled_from(["task", "0b5ec1d6-2f4e-4c55-9a3e-7f1d2c3b4a59", "ü" * 3, ""]),
+       st.text(max_size=20), st.text(max_size=30))
+def test_a_layout_4_write_entry_round_trips_and_a_damaged_one_is_named(
+        junk: bytes, index: int, task: str, channel: str, path: str) -> None:
+    """Any write reads back from its entry exactly; bytes that are no entry make reading
+    the checkpoint's writes a CorruptCheckpointError naming it, never another error."""
+    write = StoredWrite("t", "", "c1", task, index, channel, path, b"SG-record")
+    doc = {"thread_id": "t", "ns": "", "cid": "c1", "w": [_shared.write_entry(write, 4)]}
+    assert _shared.writes_of(doc) == [write]
+    assert _shared.entry_key(doc["w"][0]) == (task, index)
+    for damaged in (junk, doc["w"][0][:len(junk) % 8]):
+        try:
+            got = _shared.writes_of({**doc, "w": [damaged]})
+        except CorruptCheckpointError as exc:
+            assert "'c1'" in str(exc)
+        else:
+            assert len(got) == 1  # some bytes are a (different) entry: the record then fails
+        _shared.entry_key(damaged)  # a merge keeps a damaged entry as it is
 
 
 def _uuid7_at(when: dt.datetime) -> str:
