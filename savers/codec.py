@@ -510,10 +510,11 @@ def repoint(roots: Sequence[Root], previous: Root, index: int) -> tuple[list[Roo
 
 
 def stated_depth(data: bytes) -> int:
-    """The depth a record's header states, unverified (every format keeps it at the same
-    place), for a store that does not repeat it beside the record; 1 when the bytes are
-    not a record. :func:`read_header` checks the record, depth included, when it is read,
-    so a damaged one is reported there, as that checkpoint's."""
+    """The depth a record's header states, unverified (every format keeps it right after
+    the kind byte: u16 up to format 5, a varint from 6), for a store that does not repeat
+    it beside the record; 1 when the bytes are not a record. :func:`read_header` checks
+    the record, depth included, when it is read, so a damaged one is reported there, as
+    that checkpoint's."""
     if len(data) < 6 or data[:2] != _MAGIC:
         return 1
     if data[2] >= _COMPACT:
@@ -538,43 +539,21 @@ def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHea
             f"{FORMAT_VERSION} and older: upgrade savegame to read it",
             position,
         )
-    if version >= _COMPACT:
-        return _read_compact_header(data, version, position, where)
     try:
-        flags = 0
-        if version >= 3:
-            _, _, kind, depth, raw_len, digest, index = _PREFIX.unpack_from(data)
-            if version >= 4:
-                kind, flags = kind & _KIND_MASK, kind & ~_KIND_MASK
-            offset = _PREFIX.size
-            valid = kind in (KEYFRAME, DELTA, REVERSE) and flags & ~_FLAGS == 0 and (
-                not flags & _SPLICE or (kind == DELTA and flags & _XXH3))
-        else:
-            _, _, kind, depth, _run, raw_len, digest = _PREFIX_V1.unpack_from(data)
-            offset, index = _PREFIX_V1.size, 0
-            valid = kind in (KEYFRAME, DELTA, ANCHOR)
-        if version < 1 or not valid or depth < 1:
-            raise RecordError("malformed record header", position)
-        base_hash = None
-        if kind != KEYFRAME:
-            (base_hash,) = _HASH.unpack_from(data, offset)
-            offset += _HASH.size
-        chain_bytes, ratio = _TAIL.unpack_from(data, offset)
-        offset += _TAIL.size
-        roots: list[Root] = []
-        if kind == KEYFRAME and version >= 3:
-            (count,) = _COUNT.unpack_from(data, offset)
-            offset += _COUNT.size
-            for _ in range(count):
-                root_index, length = _ROOT.unpack_from(data, offset)
-                offset += _ROOT.size
-                if offset + length > len(data):
-                    raise RecordError("truncated record header", position)
-                roots.append((root_index, data[offset:offset + length].decode("utf-8")))
-                offset += length
+        (kind, flags, depth, raw_len, digest, index, base_hash, chain_bytes, ratio, roots,
+         offset) = (_compact_fields(data) if version >= _COMPACT
+                    else _fixed_fields(data, version))
         (crc,) = _CRC.unpack_from(data, offset)
-    except (struct.error, UnicodeDecodeError):
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError):
         raise RecordError("truncated record header", position) from None
+    if version >= 3:
+        valid = kind in (KEYFRAME, DELTA, REVERSE) and flags & ~_FLAGS == 0 and (
+            not flags & _SPLICE or (kind == DELTA and flags & _XXH3))
+    else:
+        valid = kind in (KEYFRAME, DELTA, ANCHOR)
+    if (version < 1 or not valid or not 1 <= depth <= 0xFFFF
+            or max(raw_len, index, chain_bytes) > 0xFFFFFFFF):
+        raise RecordError("malformed record header", position)
     size = offset + _CRC.size
     if _crc(data, size, where if version >= 2 else b"") != crc:
         raise RecordError("record checksum mismatch (the stored bytes were altered, or the "
@@ -584,49 +563,71 @@ def read_header(data: bytes, position: int = 0, where: bytes = b"") -> RecordHea
                         bool(flags & _SPLICE))
 
 
-def _read_compact_header(data: bytes, version: int, position: int, where: bytes
-                         ) -> RecordHeader:
-    """:func:`read_header` of format 6 (varint fields)."""
-    try:
-        kind, flags = data[3] & _KIND_MASK, data[3] & ~_KIND_MASK
-        depth, offset = get_varint(data, 4)
-        raw_len, offset = get_varint(data, offset)
-        (digest,) = _HASH.unpack_from(data, offset)
-        index, offset = get_varint(data, offset + _HASH.size)
-        base_hash = None
-        if kind != KEYFRAME:
-            (base_hash,) = _HASH.unpack_from(data, offset)
-            offset += _HASH.size
-        chain_bytes, offset = get_varint(data, offset)
-        (ratio,) = _RATIO.unpack_from(data, offset)
-        offset += _RATIO.size
-        roots: list[Root] = []
-        if kind == KEYFRAME:
-            count, offset = get_varint(data, offset)
-            if count > len(data):
-                raise ValueError("more roots than bytes")
-            for _ in range(count):
-                root_index, offset = get_varint(data, offset)
-                length, offset = get_varint(data, offset)
-                if offset + length > len(data) or root_index > 0xFFFFFFFF:
-                    raise ValueError("root past the end of the record")
-                roots.append((root_index, data[offset:offset + length].decode("utf-8")))
-                offset += length
-        (crc,) = _CRC.unpack_from(data, offset)
-    except (struct.error, UnicodeDecodeError, ValueError, IndexError):
-        raise RecordError("truncated record header", position) from None
-    valid = (kind in (KEYFRAME, DELTA, REVERSE) and flags & ~_FLAGS == 0
-             and (not flags & _SPLICE or (kind == DELTA and flags & _XXH3))
-             and 1 <= depth <= 0xFFFF and max(raw_len, index, chain_bytes) <= 0xFFFFFFFF)
-    if not valid:
-        raise RecordError("malformed record header", position)
-    size = offset + _CRC.size
-    if _crc(data, size, where) != crc:
-        raise RecordError("record checksum mismatch (the stored bytes were altered, or the "
-                          "record was moved here from another checkpoint)", position)
-    return RecordHeader(kind, depth, raw_len, digest, base_hash, chain_bytes, ratio, size,
-                        index, tuple(roots), version, bool(flags & _XXH3),
-                        bool(flags & _SPLICE))
+#: A header's fields as parsed, before they are checked: kind, flags, depth, raw_len,
+#: raw_hash, index, base_hash, chain_bytes, keyframe_ratio, roots, and where the CRC is.
+_Fields = tuple[int, int, int, int, bytes, int, bytes | None, int, int, list[Root], int]
+
+
+def _fixed_fields(data: bytes, version: int) -> _Fields:
+    """The header fields of formats 1-5 (fixed widths, big-endian)."""
+    flags = 0
+    if version >= 3:
+        _, _, kind, depth, raw_len, digest, index = _PREFIX.unpack_from(data)
+        if version >= 4:
+            kind, flags = kind & _KIND_MASK, kind & ~_KIND_MASK
+        offset = _PREFIX.size
+    else:
+        _, _, kind, depth, _run, raw_len, digest = _PREFIX_V1.unpack_from(data)
+        offset, index = _PREFIX_V1.size, 0
+    base_hash = None
+    if kind != KEYFRAME:
+        (base_hash,) = _HASH.unpack_from(data, offset)
+        offset += _HASH.size
+    chain_bytes, ratio = _TAIL.unpack_from(data, offset)
+    offset += _TAIL.size
+    roots: list[Root] = []
+    if kind == KEYFRAME and version >= 3:
+        (count,) = _COUNT.unpack_from(data, offset)
+        offset += _COUNT.size
+        for _ in range(count):
+            root_index, length = _ROOT.unpack_from(data, offset)
+            offset += _ROOT.size
+            if offset + length > len(data):
+                raise ValueError("root past the end of the record")
+            roots.append((root_index, data[offset:offset + length].decode("utf-8")))
+            offset += length
+    return (kind, flags, depth, raw_len, digest, index, base_hash, chain_bytes, ratio, roots,
+            offset)
+
+
+def _compact_fields(data: bytes) -> _Fields:
+    """The header fields of format 6 (varints)."""
+    kind, flags = data[3] & _KIND_MASK, data[3] & ~_KIND_MASK
+    depth, offset = get_varint(data, 4)
+    raw_len, offset = get_varint(data, offset)
+    (digest,) = _HASH.unpack_from(data, offset)
+    index, offset = get_varint(data, offset + _HASH.size)
+    base_hash = None
+    if kind != KEYFRAME:
+        (base_hash,) = _HASH.unpack_from(data, offset)
+        offset += _HASH.size
+    chain_bytes, offset = get_varint(data, offset)
+    (ratio,) = _RATIO.unpack_from(data, offset)
+    offset += _RATIO.size
+    roots: list[Root] = []
+    if kind == KEYFRAME:
+        count, offset = get_varint(data, offset)
+        if count > len(data):
+            raise ValueError("more roots than bytes")
+        for _ in range(count):
+            root_index, offset = get_varint(data, offset)
+            length, offset = get_varint(data, offset)
+            if offset + length > len(data) or root_index > 0xFFFFFFFF:
+                raise ValueError("root past the end of the record")
+            roots.append((root_index, data[offset:offset + length].decode("utf-8")))
+            offset += length
+    return (kind, flags, depth, raw_len, digest, index, base_hash, chain_bytes, ratio, roots,
+            offset)
 
 
 def _crc(data: bytes, header_size: int, where: bytes) -> int:
