@@ -524,8 +524,9 @@ class AsyncMongoSaver(BaseSaver):
                       for entry in doc.get("w") or []]
             merged = {sh.entry_key(entry): entry for entry in stored}
             for entry in entries:
-                if replace or sh.entry_key(entry) not in merged:
-                    merged[sh.entry_key(entry)] = entry
+                identity = sh.entry_key(entry)
+                if replace or identity not in merged:
+                    merged[identity] = entry
             if list(merged.values()) == stored:
                 return True
             count = doc.get("wn")
