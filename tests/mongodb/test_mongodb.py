@@ -912,6 +912,18 @@ def test_layout_4_derives_what_it_leaves_out() -> None:
         assert got.state == put.state
 
 
+def test_a_layout_4_document_missing_a_time_its_id_cannot_state_is_named() -> None:
+    """A document whose ``ts`` is gone while its id states no time is damaged: reading it
+    is a CorruptCheckpointError naming the thread and checkpoint, and nothing else moves."""
+    saver = mongo_harness.mongomock_saver()
+    saver.put(Checkpoint("t", {"n": 1}, id="plain-id"))
+    saver._checkpoints.update_one({"cid": "plain-id"}, {"$unset": {"ts": ""}})
+    saver._cache.clear()
+    with pytest.raises(CorruptCheckpointError, match=r"'ts'.*thread 't'.*'plain-id'"):
+        saver.get("t", "plain-id")
+    assert saver._checkpoints.count_documents({"thread_id": "t"}) == 1
+
+
 def test_newer_layout_is_refused_clearly() -> None:
     saver = mongo_harness.mongomock_saver()
     saver.put(Checkpoint("t", {"n": 1}))
