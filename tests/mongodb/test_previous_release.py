@@ -10,7 +10,10 @@ decoded to then and the pending writes it read back:
   ``_id`` hashes, pending writes in their own collection; ``make_mongodb_layout2.py``);
 - ``mongodb_layout3.json``: layout 3 as of commit c2befe6 (record formats 4 and 5, pending
   writes inside their checkpoint's document, short field names, packed UUIDs;
-  ``make_mongodb_layout3.py``).
+  ``make_mongodb_layout.py``);
+- ``mongodb_layout4.json``: layout 4 as of commit 0624c7e (record format 6, 96-bit ``_id``,
+  pending writes as one binary value each, ``p`` and ``ts`` left out where derivable;
+  ``make_mongodb_layout.py``).
 
 The documents go into a fresh database over the real driver on nx-27017; the current
 saver must decode every checkpoint to the same state and every pending write to the same
@@ -40,8 +43,8 @@ def digest(state: object) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-@pytest.fixture(scope="module", params=[1, 2, 3],
-                ids=["layout1", "layout2", "layout3"])
+@pytest.fixture(scope="module", params=[1, 2, 3, 4],
+                ids=["layout1", "layout2", "layout3", "layout4"])
 def release(request: pytest.FixtureRequest) -> dict[str, Any]:
     data = json_util.loads((FIXTURES / f"mongodb_layout{request.param}.json").read_text())
     data["layout"] = request.param
@@ -120,6 +123,7 @@ def test_latest_writes_and_growth_follow_the_old_layout(saver: MongoSaver,
     assert isinstance(head["_id"], str)  # the old layout's hashed ids, as its readers expect
     if release["layout"] < 3:  # its layout's fields
         assert "depth" in head and "d" not in head and "w" not in head
-    else:  # writes inside, the depth in the record, 128-bit ids, the time stored
-        assert "depth" not in head and "d" not in head and "w" in head and "ts" in head
-        assert len(head["_id"]) == 22
+    else:  # writes inside, the depth in the record, 128-bit ids (4: 96), the time stored
+        assert "depth" not in head and "d" not in head and "w" in head
+        assert len(head["_id"]) == (22 if release["layout"] == 3 else 16)
+        assert "ts" in head or release["layout"] > 3  # (4: absent where the id states it)
