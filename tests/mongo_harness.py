@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -34,6 +34,31 @@ def sync_client(uri: str) -> Any:
 def close_sync_clients() -> None:
     while _sync_clients:
         _sync_clients.popitem()[1].close()
+
+
+def stored_id(checkpoint_id: str) -> str:
+    """How the current document layout stores a checkpoint id (``cid``, ``base``, ``kf``)."""
+    from savegame.savers.mongodb import _shared
+
+    return _shared.id_value(checkpoint_id, _shared.LAYOUT_VERSION)
+
+
+def read_id(value: str) -> str:
+    """The checkpoint id a stored ``cid``, ``base`` or ``kf`` of the current layout names."""
+    from savegame.savers.mongodb import _shared
+
+    return _shared.id_text(value, "cid", _shared.LAYOUT_VERSION)
+
+
+def doc_of(collection: Any, checkpoint: Any) -> Any:
+    """The document of a stored checkpoint, read through a sync ``collection``."""
+    return collection.find_one({"thread_id": checkpoint.thread_id,
+                                "cid": stored_id(checkpoint.id)})
+
+
+def by_id(docs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Checkpoint documents by the checkpoint id each stores."""
+    return {read_id(doc["cid"]): doc for doc in docs}
 
 
 class Tamper:

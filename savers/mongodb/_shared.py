@@ -39,8 +39,8 @@ the same latest checkpoint (see ``savers/base.py``). The index is partial (docum
 a ``seq``), so legacy documents need none; it has ``thread_id`` as its prefix, which a
 unique index on a sharded collection needs: shard on ``{thread_id: 1}`` (ranged).
 
-Checkpoint document (layout 4; layouts 1 and 2 spell three fields out and keep writes
-apart, see :data:`NAMES`; layout 3 differs where noted)::
+Checkpoint document (layout 5; layouts 1 and 2 spell three fields out and keep writes
+apart, see :data:`NAMES`; layouts 3 and 4 differ where noted)::
 
     _id        str           hash of thread_id, ns, cid (+ version in the archive): 96
                              bits as 16 base64url characters (3: 128 bits in 22; 2: 32
@@ -48,15 +48,19 @@ apart, see :data:`NAMES`; layout 3 differs where noted)::
                              emulator matches it
     thread_id  str           every query filters on it (the shard key)
     ns         str           namespace
-    cid        str           checkpoint id (time-ordered text: sorting by it is "newest")
+    cid        str           checkpoint id (time-ordered text: sorting by it is "newest"),
+                             a canonical UUID in 22 characters (see :func:`id_value`;
+                             4 and before: the id as it is, 36 characters for a UUID)
     p          bin|str|null? parent checkpoint id, absent when it is ``base`` (a delta
                              against its parent: most documents) and null for none
                              where there is a base; 16 bytes (BinData 4) when it is a
                              canonical UUID, as LangGraph's are, else text (3: ``true``
                              where 4 leaves it out, absent for none; 2: ``parent``)
     kf         str?          chain-group label: the keyframe that started the record's
-                             chain (layout 3: absent on that keyframe, whose ``cid`` it is)
-    base       str?          the record this one is a delta against (absent: keyframe)
+                             chain (from layout 3: absent on that keyframe, whose ``cid``
+                             it is); an id as ``cid`` stores it
+    base       str?          the record this one is a delta against (absent: keyframe);
+                             an id as ``cid`` stores it
     d          int           (layouts 1 and 2: ``depth``, records a read decodes; layout 3
                              reads it from the record's header)
     seq        int           append order within (thread_id, ns); the latest is the
@@ -66,8 +70,9 @@ apart, see :data:`NAMES`; layout 3 differs where noted)::
     node, next str?          node_id, next_node_id
     meta       object        metadata as BSON fields: ``list(metadata=...)`` filters on
                              ``meta.<key>`` server-side
-    ts         date          created_at; absent where it is the time the ``cid`` states
-                             (a UUIDv6 or v7 made at the put, see ``id_time``; 3: always)
+    ts         date          created_at; absent where it is the time the checkpoint id
+                             states (a UUIDv6 or v7 made at the put, see ``id_time``; 3:
+                             always)
     rec        BinData       the record (codec.py), absent when it is chunked
     chunks     object        {token, n, size} when the record is in ``chunks``
     exp        date          expiry (only with ``ttl``): a TTL index deletes the document
@@ -86,6 +91,7 @@ import base64
 import datetime as dt
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,7 +124,7 @@ __all__ = [
     "writes_of",
 ]
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 #: Records longer than this are split into chunk documents of at most this size, which
 #: keeps every document under MongoDB's 16 MiB limit with room for the envelope.
 CHUNK_BYTES = 15 << 20
@@ -136,7 +142,9 @@ class Names:
 #: Layout 3 shortened the fields no query names; queried ones (thread_id, ns, cid, kf,
 #: base, seq, meta, ts, exp) keep their names in every layout.
 NAMES = {1: Names("parent", "depth", "step"), 2: Names("parent", "depth", "step"),
-         3: Names("p", "d", "s"), 4: Names("p", "d", "s")}
+         3: Names("p", "d", "s"), 4: Names("p", "d", "s"), 5: Names("p", "d", "s")}
+#: The layout of the writes collection's documents, which no later layout changed.
+LOOSE_LAYOUT = 2
 
 
 def pack_id(value: str) -> str | Binary:
@@ -150,6 +158,51 @@ def pack_id(value: str) -> str | Binary:
         if str(parsed) == value:
             packed: Binary = Binary(parsed.bytes, UUID_SUBTYPE)
             return packed
+    return value
+
+
+#: The digits of a packed checkpoint id, in ASCII order, so that packed ids compare as
+#: the UUIDs they stand for; and the translation from and to base64's own digits.
+_DIGITS = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_TO_DIGITS = bytes.maketrans(_BASE64, _DIGITS)
+_FROM_DIGITS = bytes.maketrans(_DIGITS, _BASE64)
+#: A packed id: 128 bits in 22 digits, the first holding the top two bits.
+_PACKED = re.compile(r"[-012][-0-9A-Z_a-z]{21}")
+
+
+def id_value(checkpoint_id: str, layout: int) -> str:
+    """How ``cid``, ``base`` and ``kf`` store a checkpoint id. From layout 5 a canonical
+    UUID (LangGraph's ids and savegame's own) is 22 characters of :data:`_DIGITS` instead of
+    36: still text, which every server and emulator matches, ``$graphLookup`` follows and
+    ``cid`` sorts on, in the UUIDs' order. Other ids stay as they are, behind a ``~`` where
+    they could be read as a packed id; a thread mixing both lists every UUID first."""
+    if layout < 5:
+        return checkpoint_id
+    if len(checkpoint_id) == 36 and checkpoint_id[8] == "-":
+        try:
+            parsed = uuid.UUID(checkpoint_id)
+        except ValueError:
+            parsed = None
+        if parsed is not None and str(parsed) == checkpoint_id:
+            return base64.b64encode(b"\0\0" + parsed.bytes)[2:].translate(
+                _TO_DIGITS).decode("ascii")
+    if checkpoint_id.startswith("~") or _PACKED.fullmatch(checkpoint_id):
+        return "~" + checkpoint_id
+    return checkpoint_id
+
+
+def id_text(value: Any, field: str, layout: int) -> str:
+    """The checkpoint id stored as ``value`` in ``field`` (:func:`id_value` undone)."""
+    if not isinstance(value, str):
+        raise TypeError(f"field {field!r} is {type(value).__qualname__}, not str")
+    if layout < 5:
+        return value
+    if value.startswith("~"):
+        return value[1:]
+    if _PACKED.fullmatch(value):
+        raw = base64.b64decode(b"AA" + value.encode("ascii").translate(_FROM_DIGITS))
+        return str(uuid.UUID(bytes=raw[2:]))
     return value
 
 
@@ -245,13 +298,13 @@ def to_doc(
         "_id": record_id(stored.thread_id, stored.namespace, stored.id, layout),
         "thread_id": stored.thread_id,
         "ns": stored.namespace,
-        "cid": stored.id,
+        "cid": id_value(stored.id, layout),
         "seq": stored.seq,
     }
     if layout < 4 or _millis(id_time(stored.id)) != _millis(stored.created_at):
         doc["ts"] = stored.created_at
     if layout < 3 or stored.keyframe_id != stored.id:  # (3: a keyframe's label is itself)
-        doc["kf"] = stored.keyframe_id
+        doc["kf"] = id_value(stored.keyframe_id, layout)
     if layout < 3:  # (layout 3: the record's header says it)
         doc[names.depth] = stored.depth
     if layout < 3 or not stored.seq or stored.step != stored.seq - 1:
@@ -262,7 +315,7 @@ def to_doc(
     elif stored.parent_id is not None:
         doc[names.parent] = _parent_value(stored, layout)
     if stored.base_id is not None:
-        doc["base"] = stored.base_id
+        doc["base"] = id_value(stored.base_id, layout)
     if stored.node_id is not None:
         doc["node"] = stored.node_id
     if stored.next_node_id is not None:
@@ -331,7 +384,9 @@ def chunk_token(doc: Mapping[str, Any]) -> str | None:
     return token if isinstance(token, str) else None
 
 
-def join_chunks(doc: Mapping[str, Any], pieces: Sequence[Mapping[str, Any]]) -> bytes:
+def join_chunks(
+    doc: Mapping[str, Any], pieces: Sequence[Mapping[str, Any]], layout: int
+) -> bytes:
     """The record of a chunked head document from its chunk documents (any order).
 
     A missing or short piece is a :class:`CorruptCheckpointError`, never partial state.
@@ -344,7 +399,7 @@ def join_chunks(doc: Mapping[str, Any], pieces: Sequence[Mapping[str, Any]]) -> 
         raise CorruptCheckpointError(
             f"cannot decode checkpoint: {len(ordered)} of {count} chunks of its record "
             "are stored", thread_id=doc["thread_id"], namespace=doc["ns"],
-            checkpoint_id=doc["cid"],
+            checkpoint_id=_shown_id(doc, layout),
         )
     return data
 
@@ -396,18 +451,19 @@ def from_doc(
     try:
         if "chunks" in doc:
             token = chunk_token(doc)
-            record = join_chunks(doc, (pieces or {}).get(token or "", []))
+            record = join_chunks(doc, (pieces or {}).get(token or "", []), layout)
         else:  # mongomock hands back bson.Binary
             record = bytes(_typed(doc, "rec", bytes))
         metadata = doc.get("meta") or {}
         if not isinstance(metadata, Mapping):
             raise TypeError("meta is not an object")
-        checkpoint_id = _typed(doc, "cid", str)
+        checkpoint_id = id_text(doc["cid"], "cid", layout)
+        base_id = doc.get("base")
         return StoredCheckpoint(
             thread_id=_typed(doc, "thread_id", str),
             namespace=_typed(doc, "ns", str),
             id=checkpoint_id,
-            parent_id=_parent(doc, names.parent, layout),
+            parent_id=_parent(doc, names.parent, layout, base_id),
             step=(_typed(doc, names.step, int) if names.step in doc or layout < 3
                   else _typed(doc, "seq", int) - 1),
             node_id=_typed(doc, "node", str, optional=True),
@@ -416,16 +472,16 @@ def from_doc(
             created_at=(_utc(doc["ts"]) if "ts" in doc or layout < 4
                         else _stated_time(checkpoint_id)),
             record=record,
-            keyframe_id=_typed(doc, _label_field(doc, layout), str),
-            base_id=_typed(doc, "base", str, optional=True),
+            keyframe_id=id_text(label_of(doc, layout), _label_field(doc, layout), layout),
+            base_id=None if base_id is None else id_text(base_id, "base", layout),
             depth=(_typed(doc, names.depth, int) if names.depth in doc or layout < 3
                    else codec.stated_depth(record)),
             seq=_typed(doc, "seq", int, optional=True) or 0,
-            writes=(tuple(writes_of(doc)) if writes and layout >= 3 and "version" not in doc
-                    else None),
+            writes=(tuple(writes_of(doc, layout))
+                    if writes and layout >= 3 and "version" not in doc else None),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise _bad_doc(doc, exc) from None
+        raise _bad_doc(doc, exc, layout) from None
 
 
 def _parent_value(stored: StoredCheckpoint, layout: int) -> str | Binary | bool:
@@ -437,14 +493,15 @@ def _parent_value(stored: StoredCheckpoint, layout: int) -> str | Binary | bool:
     return True if stored.parent_id == stored.base_id else pack_id(stored.parent_id)
 
 
-def _parent(doc: Mapping[str, Any], field: str, layout: int) -> str | None:
+def _parent(doc: Mapping[str, Any], field: str, layout: int, base: Any) -> str | None:
+    """The parent id (``base``: the document's ``base`` as stored)."""
     if layout >= 4 and field not in doc:  # the parent is the record's base, if any
-        return _typed(doc, "base", str, optional=True)  # type: ignore[no-any-return]
+        return None if base is None else id_text(base, "base", layout)
     value = doc.get(field)
     if value is None:
         return None
     if value is True:  # layout 3: the parent is the record's base
-        return str(_typed(doc, "base", str))
+        return id_text(doc["base"], "base", layout)
     return unpack_id(value, field)
 
 
@@ -478,7 +535,7 @@ def _typed(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = Fal
     return value
 
 
-def _bad_doc(doc: Mapping[str, Any], exc: Exception) -> CorruptCheckpointError:
+def _bad_doc(doc: Mapping[str, Any], exc: Exception, layout: int) -> CorruptCheckpointError:
     def text(key: str) -> str | None:
         value = doc.get(key)
         return value if isinstance(value, str) else None
@@ -486,8 +543,17 @@ def _bad_doc(doc: Mapping[str, Any], exc: Exception) -> CorruptCheckpointError:
     detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
     return CorruptCheckpointError(
         f"cannot decode checkpoint: its document is malformed ({detail})",
-        thread_id=text("thread_id") or "?", namespace=text("ns"), checkpoint_id=text("cid"),
+        thread_id=text("thread_id") or "?", namespace=text("ns"),
+        checkpoint_id=_shown_id(doc, layout),
     )
+
+
+def _shown_id(doc: Mapping[str, Any], layout: int) -> str | None:
+    """The checkpoint id of a document, for an error about it (None: unreadable)."""
+    try:
+        return id_text(doc.get("cid"), "cid", layout)
+    except (TypeError, ValueError):
+        return None
 
 
 def release_doc(thread_id: str, version: int, count: int) -> dict[str, Any]:
@@ -603,14 +669,14 @@ def entry_key(entry: Any) -> tuple[str, Any]:
     return unpack_id(entry.get("t"), "w.t"), entry.get("i")
 
 
-def writes_of(doc: Mapping[str, Any]) -> list[StoredWrite]:
-    """The pending writes stored in a checkpoint document (layouts 3 and 4)."""
+def writes_of(doc: Mapping[str, Any], layout: int) -> list[StoredWrite]:
+    """The pending writes stored in a checkpoint document (layout 3 and later)."""
     entries = doc.get("w") or []
     try:
         if not isinstance(entries, list):
             raise TypeError(f"field 'w' is {type(entries).__qualname__}, not an array")
         thread_id, namespace = _typed(doc, "thread_id", str), _typed(doc, "ns", str)
-        checkpoint_id = _typed(doc, "cid", str)
+        checkpoint_id = id_text(doc["cid"], "cid", layout)
         out = []
         for entry in entries:
             if isinstance(entry, bytes):  # layout 4
@@ -627,7 +693,7 @@ def writes_of(doc: Mapping[str, Any]) -> list[StoredWrite]:
                                    channel=channel, task_path=path, record=record))
         return out
     except (KeyError, TypeError, ValueError) as exc:
-        raise _bad_doc(doc, exc) from None
+        raise _bad_doc(doc, exc, layout) from None
 
 
 def from_write_doc(doc: Mapping[str, Any]) -> StoredWrite:
@@ -640,7 +706,7 @@ def from_write_doc(doc: Mapping[str, Any]) -> StoredWrite:
             task_path=_typed(doc, "path", str), record=bytes(_typed(doc, "rec", bytes)),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise _bad_doc(doc, exc) from None
+        raise _bad_doc(doc, exc, LOOSE_LAYOUT) from None
 
 
 def prefix_range(prefix: str) -> dict[str, Any]:
@@ -666,11 +732,12 @@ def space(thread_id: str, namespace: str) -> dict[str, Any]:
 
 
 def list_filter(
-    thread_id: str, namespace: str, before: str | None, metadata: Mapping[str, Any] | None
+    thread_id: str, namespace: str, before: str | None, metadata: Mapping[str, Any] | None,
+    layout: int,
 ) -> dict[str, Any]:
     query = space(thread_id, namespace)
     if before is not None:
-        query["cid"] = {"$lt": before}
+        query["cid"] = {"$lt": id_value(before, layout)}
     if metadata:
         query.update(metadata_filter(metadata))
     return query
@@ -736,7 +803,7 @@ def chains_filter(
     """The documents of the chain groups labelled ``keyframe_ids``. Layout 3 leaves the
     label out of the keyframe it names (its ``cid``): each branch of the ``$or`` is served
     by an index of its own."""
-    labels = sorted(set(keyframe_ids))
+    labels = sorted({id_value(label, layout) for label in keyframe_ids})
     if layout < 3:
         return {"thread_id": thread_id, "ns": namespace, "kf": {"$in": labels}}
     return {"$or": [
@@ -757,8 +824,13 @@ def label_of(doc: Mapping[str, Any], layout: int) -> Any:
     return doc[_label_field(doc, layout)]
 
 
-def ids_filter(thread_id: str, namespace: str, checkpoint_ids: Iterable[str]) -> dict[str, Any]:
-    return {"thread_id": thread_id, "ns": namespace, "cid": {"$in": sorted(set(checkpoint_ids))}}
+def ids_filter(
+    thread_id: str, namespace: str, checkpoint_ids: Iterable[str], layout: int
+) -> dict[str, Any]:
+    """The documents of ``checkpoint_ids``, of a collection whose documents are in
+    ``layout`` (the writes collection's: :data:`LOOSE_LAYOUT`)."""
+    ids = sorted({id_value(checkpoint_id, layout) for checkpoint_id in checkpoint_ids})
+    return {"thread_id": thread_id, "ns": namespace, "cid": {"$in": ids}}
 
 
 def latest_query(thread_id: str, namespace: str, legacy: bool) -> dict[str, Any]:

@@ -203,14 +203,16 @@ class MongoSaver(BaseSaver):
         kept = {sh.label_of(doc, self._layout) for doc in newest}
         query = sh.space(thread_id, namespace)
         query["cid"] = {"$lt": newest[-1]["cid"]}
-        doomed = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1, "kf": 1})
+        doomed = [sh.id_text(doc["cid"], "cid", self._layout)
+                  for doc in self._checkpoints.find(query, {"cid": 1, "kf": 1})
                   if sh.label_of(doc, self._layout) not in kept]
         if not doomed:
             return 0
         result = self._checkpoints.delete_many(
-            sh.ids_filter(thread_id, namespace, doomed))
+            sh.ids_filter(thread_id, namespace, doomed, self._layout))
         # and their pending writes (a crash in between leaves writes nobody reads)
-        self._writes.delete_many(sh.ids_filter(thread_id, namespace, doomed))
+        self._writes.delete_many(
+            sh.ids_filter(thread_id, namespace, doomed, sh.LOOSE_LAYOUT))
         return int(result.deleted_count)
 
     def storage_details(self) -> dict[str, Any]:
@@ -310,8 +312,8 @@ class MongoSaver(BaseSaver):
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredCheckpoint]:
         """The stored checkpoints among ``checkpoint_ids`` (not their chain groups)."""
-        return self._find(sh.ids_filter(thread_id, namespace, checkpoint_ids),
-                                writes=False)
+        return self._find(
+            sh.ids_filter(thread_id, namespace, checkpoint_ids, self._layout), writes=False)
 
     def _find(self, query: dict[str, Any], writes: bool) -> list[StoredCheckpoint]:
         """Checkpoint documents (``writes``: with their pending writes, else without
@@ -330,7 +332,7 @@ class MongoSaver(BaseSaver):
         metadata: Mapping[str, Any] | None,
     ) -> list[StoredCheckpoint]:
         self._ensure_setup()
-        query = sh.list_filter(thread_id, namespace, before, metadata)
+        query = sh.list_filter(thread_id, namespace, before, metadata, self._layout)
         docs: list[Mapping[str, Any]] = []
         if not metadata:
             cursor = self._checkpoints.find(query, sort=[("cid", -1)], limit=limit or 0)
@@ -425,11 +427,12 @@ class MongoSaver(BaseSaver):
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
         query = sh.chains_filter(stored.thread_id, stored.namespace, [stored.keyframe_id],
                                  self._layout)
-        chain = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
         query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
         self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})
         if self._layout < 3:  # the chain's pending writes live as long (3: in its documents)
-            later = sh.ids_filter(stored.thread_id, stored.namespace, chain)
+            del query["exp"]
+            chain = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
+            later = sh.ids_filter(stored.thread_id, stored.namespace, chain, sh.LOOSE_LAYOUT)
             later["exp"] = {"$lt": expire_at}
             self._writes.update_many(later, {"$set": {"exp": expire_at}})
 
@@ -547,7 +550,7 @@ class MongoSaver(BaseSaver):
         if if_marked and key not in self._loose:
             return
         docs = [doc for doc in self._writes.find(
-            sh.ids_filter(thread_id, namespace, [checkpoint_id]))]
+            sh.ids_filter(thread_id, namespace, [checkpoint_id], sh.LOOSE_LAYOUT))]
         if docs and not self._merge_writes(
                 key, [sh.write_entry(sh.from_write_doc(doc), self._layout) for doc in docs],
                 False):
@@ -562,20 +565,21 @@ class MongoSaver(BaseSaver):
         self, thread_id: str, namespace: str, checkpoint_ids: Sequence[str]
     ) -> list[StoredWrite]:
         self._ensure_setup()
-        query = sh.space(thread_id, namespace)
-        query["cid"] = {"$in": list(checkpoint_ids)}
+        loose = sh.ids_filter(thread_id, namespace, checkpoint_ids, sh.LOOSE_LAYOUT)
         if self._layout < 3:
-            return [sh.from_write_doc(doc) for doc in self._writes.find(query)]
+            return [sh.from_write_doc(doc) for doc in self._writes.find(loose)]
         out: list[StoredWrite] = []
         found: set[str] = set()
-        for doc in self._checkpoints.find(query, {"thread_id": 1, "ns": 1, "cid": 1,
-                                                        "w": 1}):
-            found.add(doc["cid"])
-            out.extend(sh.writes_of(doc))
+        for doc in self._checkpoints.find(
+                sh.ids_filter(thread_id, namespace, checkpoint_ids, self._layout),
+                {"thread_id": 1, "ns": 1, "cid": 1, "w": 1}):
+            writes = sh.writes_of(doc, self._layout)
+            found.add(sh.id_text(doc["cid"], "cid", self._layout))
+            out.extend(writes)
         absent = [cid for cid in checkpoint_ids if cid not in found]
         if absent:  # writes put for a checkpoint that is not stored
-            query["cid"] = {"$in": absent}
-            out.extend([sh.from_write_doc(doc) for doc in self._writes.find(query)])
+            loose["cid"] = {"$in": absent}
+            out.extend([sh.from_write_doc(doc) for doc in self._writes.find(loose)])
         return out
 
     def _list_threads(self, prefix: str) -> list[str]:
@@ -594,7 +598,7 @@ class MongoSaver(BaseSaver):
         self._ensure_setup()
         docs = [doc for doc in self._checkpoints.find({"thread_id": thread_id},
                                                             batch_size=1000)]
-        writes = [write for doc in docs for write in sh.writes_of(doc)]
+        writes = [write for doc in docs for write in sh.writes_of(doc, self._layout)]
         writes += [sh.from_write_doc(doc)
                    for doc in self._writes.find({"thread_id": thread_id})]
         return self._complete(docs), writes
@@ -627,7 +631,9 @@ class MongoSaver(BaseSaver):
             heads.append(doc)
         for position in self._insert_docs(self._checkpoints, heads):
             # already there (a resumed copy): its writes join the stored document's
-            loose.extend(embedded.get((heads[position]["ns"], heads[position]["cid"]), ()))
+            head = heads[position]
+            loose.extend(embedded.get(
+                (head["ns"], sh.id_text(head["cid"], "cid", self._layout)), ()))
         if self._layout >= 3:
             if loose:
                 self._insert_writes(loose, False)
@@ -667,10 +673,10 @@ class MongoSaver(BaseSaver):
         self, thread_id: str, namespace: str, ids: Sequence[str]
     ) -> None:
         self._ensure_setup()
-        query = sh.space(thread_id, namespace)
-        query["cid"] = {"$in": list(ids)}
-        self._checkpoints.delete_many(query)
-        self._writes.delete_many(query)
+        self._checkpoints.delete_many(sh.ids_filter(thread_id, namespace, ids,
+                                                          self._layout))
+        self._writes.delete_many(sh.ids_filter(thread_id, namespace, ids,
+                                                     sh.LOOSE_LAYOUT))
         # chunks of deleted records become orphans: collect_orphans removes them
 
     def _archive(self, thread_id: str) -> tuple[int | None, list[StoredCheckpoint]]:

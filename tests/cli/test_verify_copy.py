@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mongo_harness
 import pytest
 from cli_support import as_json, db_uri, json_lines, run, savegame_exe
 
@@ -66,7 +67,7 @@ def test_verify_finds_every_flipped_byte_on_mongodb(nx_uri: str) -> None:
     assert not report["ok"] and report["checkpoints"] == 200
     corrupt = {(p["thread_id"], p["checkpoint_id"]) for p in report["problems"]
                if p["kind"] == "corrupt"}
-    flipped = {(doc["thread_id"], doc["cid"]) for doc in victims}
+    flipped = {(doc["thread_id"], mongo_harness.read_id(doc["cid"])) for doc in victims}
     assert corrupt == flipped  # 50 of 50 found, and nothing sound called corrupt
     others = [p for p in report["problems"] if p["kind"] != "corrupt"]
     assert all(p["kind"] == "chain" and "is decoded from record" in p["message"]
@@ -76,7 +77,8 @@ def test_verify_finds_every_flipped_byte_on_mongodb(nx_uri: str) -> None:
           "deltas reported as decoded from a corrupt record")
     human = run("verify", "-s", uri)
     assert human.returncode == 1
-    assert "DAMAGED" in human.stdout and victims[0]["cid"] in human.stdout
+    assert "DAMAGED" in human.stdout
+    assert mongo_harness.read_id(victims[0]["cid"]) in human.stdout
 
 
 def test_verify_finds_every_flipped_byte_in_memory() -> None:

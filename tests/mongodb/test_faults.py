@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import mongo_harness
 import pymongo
 import pytest
 
@@ -75,7 +76,7 @@ def test_reset_before_the_insert_is_applied(server: Any, saver: MongoSaver) -> N
     retry.ok(n=1)
     put = future()
     assert put.state == {"n": 1} and put.step == 0
-    assert put.id == inserted(insert)["cid"]
+    assert mongo_harness.stored_id(put.id) == inserted(insert)["cid"]
 
 
 def test_reset_after_the_insert_is_applied(server: Any, saver: MongoSaver) -> None:
@@ -83,7 +84,8 @@ def test_reset_after_the_insert_is_applied(server: Any, saver: MongoSaver) -> No
     insert.hangup()  # pretend the server applied it, then the connection dropped
     duplicate_then_found(server, insert)
     put = future()  # success: the stored copy is the one we wrote, no second document
-    assert put.id == inserted(insert)["cid"] and put.state == {"n": 1}
+    assert mongo_harness.stored_id(put.id) == inserted(insert)["cid"]
+    assert put.state == {"n": 1}
 
 
 def test_not_writable_primary(server: Any, saver: MongoSaver) -> None:
@@ -93,7 +95,7 @@ def test_not_writable_primary(server: Any, saver: MongoSaver) -> None:
     retry = server.receives(mockupdb.OpMsg("insert", "checkpoints"))
     assert inserted(retry)["_id"] == inserted(insert)["_id"]
     retry.ok(n=1)
-    assert future().id == inserted(insert)["cid"]
+    assert mongo_harness.stored_id(future().id) == inserted(insert)["cid"]
 
 
 def test_write_concern_error_then_duplicate(server: Any, saver: MongoSaver) -> None:
@@ -101,7 +103,7 @@ def test_write_concern_error_then_duplicate(server: Any, saver: MongoSaver) -> N
     insert.replies({"ok": 1, "n": 1, "writeConcernError": {
         "code": 64, "errmsg": "waiting for replication timed out"}})
     duplicate_then_found(server, insert)
-    assert future().id == inserted(insert)["cid"]
+    assert mongo_harness.stored_id(future().id) == inserted(insert)["cid"]
 
 
 def test_persistent_write_concern_error_is_one_clear_error(

@@ -117,7 +117,7 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     first = nx_saver.put(Checkpoint("t", {"n": 1, "text": text}, node_id="a", next_node_id="b",
                                     metadata={"user": "ada", "tags": {"x": 1}}))
     raw = mongo_harness.sync_client(nx_uri)[mongo_harness.DATABASE]
-    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": first.id})
+    doc = mongo_harness.doc_of(raw[nx_saver.names.checkpoints], first)
     assert doc is not None
     assert doc["meta"] == {"user": "ada", "tags": {"x": 1}}
     assert isinstance(doc["rec"], bytes) and doc["rec"][:2] == b"SG"
@@ -127,16 +127,17 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
     # no time where the id states it (this process's id clock may run ahead of the wall
     # clock after a test put an id from the future: then the time is stored)
     assert ("ts" in doc) is (id_time(first.id or "") != first.created_at)
-    assert doc["_id"] == _shared.record_id("t", "", first.id, 4) and len(doc["_id"]) == 16
+    assert doc["_id"] == _shared.record_id("t", "", first.id, 5) and len(doc["_id"]) == 16
     assert set(doc) - {"ts"} == {"_id", "thread_id", "ns", "cid", "seq", "node", "next", "meta",
                                  "rec"}
     second = nx_saver.put(Checkpoint("t", {"n": 2, "text": text}))
-    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
+    doc = mongo_harness.doc_of(raw[nx_saver.names.checkpoints], second)
     assert doc["seq"] == 2 and "s" not in doc  # step 1
-    assert doc["base"] == first.id and "p" not in doc  # a delta: its parent is its base
+    assert doc["base"] == mongo_harness.stored_id(first.id) and "p" not in doc  # its base
+    assert len(doc["cid"]) == len(doc["base"]) == 22  # UUIDs packed, in their order
     nx_saver.policy = KeyframePolicy(max_chain=1)  # the fork below: a master with a parent
     fork = nx_saver.put(Checkpoint("t", {"n": 3, "text": text}, parent_id=first.id))
-    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": fork.id})
+    doc = mongo_harness.doc_of(raw[nx_saver.names.checkpoints], fork)
     assert bytes(doc["p"]) == uuid.UUID(first.id).bytes  # 16 bytes, not 36 characters
     assert "base" not in doc and doc["s"] == 1  # (a fork: its step is not seq - 1)
     keys = {tuple(index["key"]) for index in raw[nx_saver.names.checkpoints].list_indexes()}
@@ -147,11 +148,11 @@ def test_document_layout(nx_saver: MongoSaver, nx_uri: str) -> None:
         PendingWrite(task, 0, "messages", "v", task_path="~__pregel_pull, chat"),
         PendingWrite("not-a-uuid", 1, "c", "w"),
         PendingWrite("tâche", -3, "__interrupt__", "x", task_path="ü")])
-    doc = raw[nx_saver.names.checkpoints].find_one({"thread_id": "t", "cid": second.id})
+    doc = mongo_harness.doc_of(raw[nx_saver.names.checkpoints], second)
     # one binary value each: index, task id (16 bytes for a UUID), channel and task path
     # (known names packed to a byte), then the record
     heads = [entry[:len(entry) - len(rec)] for entry, rec in zip(
-        doc["w"], (w.record for w in _shared.writes_of(doc)), strict=True)]
+        doc["w"], (w.record for w in _shared.writes_of(doc, 5)), strict=True)]
     assert heads == [b"\x00\x00" + uuid.UUID(task).bytes + b"\x01\x83\x05\x80chat",
                      b"\x02\x0bnot-a-uuid\x01c\x00",
                      b"\x05\x07t\xc3\xa2che\x01\x86\x02\xc3\xbc"]
@@ -549,17 +550,18 @@ def test_a_keyframe_carries_no_label_of_its_own_chain(nx_saver: MongoSaver) -> N
     puts = [nx_saver.put(Checkpoint("t", {"log": log[:10 + i]})) for i in range(8)]
 
     def docs() -> dict[str, Any]:
-        return {d["cid"]: d for d in nx_saver._checkpoints.find({"thread_id": "t"})}
+        return mongo_harness.by_id(nx_saver._checkpoints.find({"thread_id": "t"}))
 
     stored = docs()
-    assert "kf" not in stored[puts[0].id] and stored[puts[1].id]["kf"] == puts[0].id
-    assert all(d.get("kf") != cid for cid, d in stored.items())
+    assert "kf" not in stored[puts[0].id]
+    assert stored[puts[1].id]["kf"] == mongo_harness.stored_id(puts[0].id)
+    assert all(d.get("kf") != d["cid"] for d in stored.values())
     nx_saver._cache.clear()
     for i, put in enumerate(puts):  # cold reads fetch each chain group by label or cid
         assert nx_saver.get("t", put.id).state == {"log": log[:10 + i]}
     nx_saver.delete_checkpoints("t", [puts[3].id, puts[6].id])  # keyframes: re-encoded
     stored = docs()
-    assert all(d.get("kf") != cid for cid, d in stored.items())
+    assert all(d.get("kf") != d["cid"] for d in stored.values())
     nx_saver._cache.clear()
     for i, put in enumerate(puts):
         if i not in (3, 6):
@@ -572,14 +574,15 @@ def test_a_step_its_seq_says_is_not_stored(nx_saver: MongoSaver) -> None:
     first = nx_saver.put(Checkpoint("t", {"n": 1}))
     second = nx_saver.put(Checkpoint("t", {"n": 2}, parent_id=first.id))
     fork = nx_saver.put(Checkpoint("t", {"n": 3}, parent_id=first.id))  # step 1, seq 3
-    docs = {d["cid"]: d for d in nx_saver._checkpoints.find({"thread_id": "t"})}
+    docs = mongo_harness.by_id(nx_saver._checkpoints.find({"thread_id": "t"}))
     assert ["s" in docs[c.id] for c in (first, second, fork)] == [False, False, True]
     assert docs[fork.id]["s"] == 1 and docs[fork.id]["seq"] == 3
     nx_saver._cache.clear()
     assert [(c.id, c.step) for c in nx_saver.list("t")] == [
         (fork.id, 1), (second.id, 1), (first.id, 0)]
     assert nx_saver.get("t", second.id).step == 1
-    nx_saver._checkpoints.update_one({"cid": second.id}, {"$unset": {"seq": ""}})
+    nx_saver._checkpoints.update_one({"cid": mongo_harness.stored_id(second.id)},
+                                     {"$unset": {"seq": ""}})
     nx_saver._cache.clear()
     with pytest.raises(CorruptCheckpointError, match="'seq'"):
         nx_saver.get("t", second.id)
@@ -589,8 +592,8 @@ def test_a_delta_against_its_parent_spells_the_parent_as_its_base(nx_saver: Mong
     log = [f"entry {i} " * 8 for i in range(60)]
     first = nx_saver.put(Checkpoint("t", {"log": log}))
     second = nx_saver.put(Checkpoint("t", {"log": [*log, "more"]}, parent_id=first.id))
-    doc = nx_saver._checkpoints.find_one({"thread_id": "t", "cid": second.id})
-    assert doc["base"] == first.id and "p" not in doc  # (layout 3: "p": true)
+    doc = mongo_harness.doc_of(nx_saver._checkpoints, second)
+    assert mongo_harness.read_id(doc["base"]) == first.id and "p" not in doc  # (3: true)
     nx_saver._cache.clear()
     again = nx_saver.get("t", second.id)
     assert again is not None and again.parent_id == first.id
@@ -655,7 +658,7 @@ def test_more_writes_for_a_checkpoint_merge_and_replace_as_in_their_collection(
     nx_saver.put_writes("t", put.id, [PendingWrite("b", 0, "c", 2), PendingWrite("a", 0, "c", 9)])
     nx_saver.put_writes("t", put.id, [PendingWrite("b", 0, "c", 3)], replace=True)
     nx_saver.put_writes("t", put.id, [PendingWrite("b", 0, "c", 3)], replace=True)  # no-op
-    doc = nx_saver._checkpoints.find_one({"thread_id": "t", "cid": put.id})
+    doc = mongo_harness.doc_of(nx_saver._checkpoints, put)
     assert len(doc["w"]) == 2 and doc["wn"] == 3
     got = nx_saver.get_writes("t", [put.id])[put.id]
     assert [(w.task_id, w.value) for w in got] == [("a", 1), ("b", 3)]
@@ -693,8 +696,8 @@ def test_keep_last_deletes_the_pending_writes_of_what_it_deletes() -> None:
         saver.put_writes("t", puts[-1].id or "", [PendingWrite("task", 0, "c", f"entry {i}")])
     kept = {c.id for c in saver.list("t")}
     assert len(kept) < 12
-    writes = {doc["cid"] for doc in saver._checkpoints.find({"thread_id": "t",
-                                                             "w": {"$exists": True}})}
+    writes = set(mongo_harness.by_id(saver._checkpoints.find({"thread_id": "t",
+                                                              "w": {"$exists": True}})))
     assert writes == kept  # in their checkpoints' documents: deleted with them
     assert saver._writes.count_documents({}) == 0
     got = saver.get_writes("t", sorted(i for i in kept if i))
@@ -705,13 +708,13 @@ def test_ttl_keeps_keyframes_alive_as_long_as_their_deltas(nx_saver: MongoSaver)
     saver = MongoSaver(nx_saver.client, database=mongo_harness.DATABASE,
                        prefix=nx_saver.names.checkpoints.replace("checkpoints", ""), ttl=3600)
     puts = [saver.put(Checkpoint("t", {"n": i, "log": list(range(i))})) for i in range(12)]
-    docs = {d["cid"]: d for d in saver._checkpoints.find({"thread_id": "t"})}
+    docs = mongo_harness.by_id(saver._checkpoints.find({"thread_id": "t"}))
     assert len(docs) == 12 and all("exp" in d for d in docs.values())
     for doc in docs.values():  # every record a doc needs expires no earlier than it
         base = doc.get("base")
         while base is not None:
-            assert docs[base]["exp"] >= doc["exp"]
-            base = docs[base].get("base")
+            assert docs[mongo_harness.read_id(base)]["exp"] >= doc["exp"]
+            base = docs[mongo_harness.read_id(base)].get("base")
     ttl = [i for i in saver._checkpoints.list_indexes() if tuple(i["key"]) == ("exp",)]
     assert ttl and ttl[0].get("expireAfterSeconds") == 0
     assert puts[-1].id in docs
@@ -745,7 +748,7 @@ def test_ttl_pending_writes_inside_their_checkpoint_expire_with_it() -> None:
     saver = mongo_harness.mongomock_saver(ttl=3600)
     first = saver.put(Checkpoint("t", {"n": 0}))
     saver.put_writes("t", first.id or "", [PendingWrite("task", 0, "c", "value")])
-    doc = saver._checkpoints.find_one({"thread_id": "t", "cid": first.id})
+    doc = mongo_harness.doc_of(saver._checkpoints, first)
     assert "exp" in doc and isinstance(doc["w"][0], bytes)  # one expiry: the document's
     saver.put_writes("t", "elsewhere", [PendingWrite("task", 0, "c", "loose")])
     loose = saver._writes.find_one({"thread_id": "t"})
@@ -812,7 +815,8 @@ def test_interrupted_release_is_finished_under_the_same_version(
         assert [c.state for c in release.checkpoints] == [c.state for c in reversed(run)]
         assert saver.versions("t") == [1, 2]
         assert saver.list_threads() == [] and saver.get("t") is None
-        archived = [d["cid"] for d in saver._archive_coll.find({"thread_id": "t"})]
+        archived = [mongo_harness.read_id(d["cid"])
+                    for d in saver._archive_coll.find({"thread_id": "t"})]
         assert sorted(archived) == sorted(c.id for c in first + run)  # no duplicates
         again = saver.get_version("t", 2)
         assert again is not None and [c.id for c in again.checkpoints] == \
@@ -857,6 +861,48 @@ def test_newer_record_format_is_refused_clearly(nx_saver: MongoSaver) -> None:
         nx_saver.get("t", put.id)
 
 
+_PACKED_LOOKALIKE = st.from_regex(r"[-012][-0-9A-Z_a-z]{21}", fullmatch=True)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.uuids().map(str), st.text(max_size=40), _PACKED_LOOKALIKE,
+                          _PACKED_LOOKALIKE.map(lambda text: "~" + text)),
+                min_size=1, max_size=6))
+def test_layout_5_ids_read_back_and_uuids_keep_their_order(ids: list[str]) -> None:
+    """Any checkpoint id reads back from how layout 5 stores it; stored ids are distinct
+    where the ids are; canonical UUIDs take 22 characters and sort as their text did (a
+    list sorts on ``cid``), other ids are themselves or ``~`` and themselves."""
+    stored = [_shared.id_value(checkpoint_id, 5) for checkpoint_id in ids]
+    assert [_shared.id_text(value, "cid", 5) for value in stored] == ids
+    assert len(set(stored)) == len(set(ids))
+    uuids = [(i, v) for i, v in zip(ids, stored, strict=True) if _is_canonical_uuid(i)]
+    assert all(len(value) == 22 for _, value in uuids)
+    assert sorted(uuids) == sorted(uuids, key=lambda pair: pair[1])
+    assert all(value in (i, "~" + i) for i, value in zip(ids, stored, strict=True)
+               if not _is_canonical_uuid(i))
+    assert [_shared.id_value(i, 4) for i in ids] == ids  # layout 4 stores them as they are
+
+
+def _is_canonical_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def test_layout_5_packs_the_ids_langgraph_and_savegame_make() -> None:
+    """Their UUIDv6 and UUIDv7 ids: packed, in order, UUIDv7's time first."""
+    langgraph = "1f1f2114-adca-6e74-bfff-8e78e755f458"
+    packed = _shared.id_value(langgraph, 5)
+    assert len(packed) == 22 and _shared.id_text(packed, "base", 5) == langgraph
+    ids = sorted(str(uuid.UUID(int=(ms << 80) | (7 << 76) | (2 << 62) | n))
+                 for ms in (0, 1, 2**47 - 1) for n in (0, 2**62 - 1))
+    assert sorted(ids, key=lambda i: _shared.id_value(i, 5)) == ids
+    assert _shared.id_value("plain-id", 5) == "plain-id"  # other ids: as they are
+    with pytest.raises(TypeError, match="'base'"):
+        _shared.id_text(16, "base", 5)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=60), st.integers(-(2**40), 2**40),
        st.sampled_from(["task", "0b5ec1d6-2f4e-4c55-9a3e-7f1d2c3b4a59", "ü" * 3, ""]),
@@ -867,11 +913,11 @@ def test_a_layout_4_write_entry_round_trips_and_a_damaged_one_is_named(
     the checkpoint's writes a CorruptCheckpointError naming it, never another error."""
     write = StoredWrite("t", "", "c1", task, index, channel, path, b"SG-record")
     doc = {"thread_id": "t", "ns": "", "cid": "c1", "w": [_shared.write_entry(write, 4)]}
-    assert _shared.writes_of(doc) == [write]
+    assert _shared.writes_of(doc, 5) == [write]
     assert _shared.entry_key(doc["w"][0]) == (task, index)
     for damaged in (junk, doc["w"][0][:len(junk) % 8]):
         try:
-            got = _shared.writes_of({**doc, "w": [damaged]})
+            got = _shared.writes_of({**doc, "w": [damaged]}, 5)
         except CorruptCheckpointError as exc:
             assert "'c1'" in str(exc)
         else:
@@ -897,7 +943,7 @@ def test_layout_4_derives_what_it_leaves_out() -> None:
     puts += [saver.put(Checkpoint("t", {"n": i, "text": text + " more" * i},
                                   id=_uuid7_at(start + dt.timedelta(milliseconds=i))))
              for i in range(1, 12)]  # masters every 2: the older ones become reverse records
-    docs = {doc["cid"]: doc for doc in saver._checkpoints.find({"thread_id": "t"})}
+    docs = mongo_harness.by_id(saver._checkpoints.find({"thread_id": "t"}))
     assert {cid for cid, doc in docs.items() if "ts" in doc} == {old_id, "plain-id"}
     assert docs[old_id]["p"] is None and docs[old_id]["base"]  # a root, now a reverse record
     kinds = {("p" in doc and doc["p"] is not None, "base" in doc) for doc in docs.values()}
@@ -929,7 +975,7 @@ def test_newer_layout_is_refused_clearly() -> None:
     saver.put(Checkpoint("t", {"n": 1}))
     saver._checkpoints.update_many({}, {"$set": {"fmt": 9}})
     saver._cache.clear()
-    with pytest.raises(UnsupportedLayoutError, match=r"layout 4.*upgrade savegame"):
+    with pytest.raises(UnsupportedLayoutError, match=r"layout 5.*upgrade savegame"):
         saver.get("t")
 
 
