@@ -176,7 +176,8 @@ def id_value(checkpoint_id: str, layout: int) -> str:
     UUID (LangGraph's ids and savegame's own) is 22 characters of :data:`_DIGITS` instead of
     36: still text, which every server and emulator matches, ``$graphLookup`` follows and
     ``cid`` sorts on, in the UUIDs' order. Other ids stay as they are, behind a ``~`` where
-    they could be read as a packed id; a thread mixing both lists every UUID first."""
+    they could be read as a packed id (in a thread mixing both kinds, a UUID sorts among
+    the others by its 22 digits, not by its 36 characters)."""
     if layout < 5:
         return checkpoint_id
     if len(checkpoint_id) == 36 and checkpoint_id[8] == "-":
