@@ -883,6 +883,38 @@ def test_layout_5_ids_read_back_and_uuids_keep_their_order(ids: list[str]) -> No
     assert [_shared.id_value(i, 4) for i in ids] == ids  # layout 4 stores them as they are
 
 
+def test_a_thread_mixing_uuid_and_other_ids_lists_and_pages_consistently(
+        nx_saver: MongoSaver) -> None:
+    """Layout 5 sorts on the stored ids: a thread mixing UUIDs with other ids lists them in
+    the order of :func:`_shared.id_value` (the order of the ids themselves within each
+    kind), and ``before`` cuts that same order, so paging through it misses nothing."""
+    text = " ".join(f"word{i}" for i in range(200))
+    ids = ["plain-id", "!first", "~tilde", "1234567890123456789012", "zzz"]
+    puts = []
+    for n in range(10):  # savegame's own UUIDv7 ids between the others
+        puts.append(nx_saver.put(Checkpoint("t", {"n": n, "text": text},
+                                            id=ids[n // 2] if n % 2 else None)))
+    nx_saver._cache.clear()
+    listed = [c.id for c in nx_saver.list("t")]
+    assert listed == sorted((c.id for c in puts), key=lambda i: _shared.id_value(i, 5),
+                            reverse=True)
+    uuids = [i for i in listed if _is_canonical_uuid(i)]
+    others = [i for i in listed if not _is_canonical_uuid(i)]
+    assert uuids == sorted(uuids, reverse=True) and len(uuids) == 5
+    assert others == sorted(others, key=lambda i: _shared.id_value(i, 5), reverse=True)
+    for position, checkpoint_id in enumerate(listed):
+        assert [c.id for c in nx_saver.list("t", before=checkpoint_id)] == \
+            listed[position + 1:]
+    paged, before = [], None
+    while page := [c.id for c in nx_saver.list("t", before=before, limit=3)]:
+        paged += page
+        before = page[-1]
+    assert paged == listed
+    for put in puts:  # and every one decodes, cold
+        nx_saver._cache.clear()
+        assert nx_saver.get("t", put.id).state == put.state  # type: ignore[union-attr]
+
+
 def _is_canonical_uuid(text: str) -> bool:
     try:
         return str(uuid.UUID(text)) == text
