@@ -169,6 +169,8 @@ _TO_DIGITS = bytes.maketrans(_BASE64, _DIGITS)
 _FROM_DIGITS = bytes.maketrans(_DIGITS, _BASE64)
 #: A packed id: 128 bits in 22 digits, the first holding the top two bits.
 _PACKED = re.compile(r"[-012][-0-9A-Z_a-z]{21}")
+#: A canonical UUID, as ``str(uuid.UUID(...))`` spells one.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def id_value(checkpoint_id: str, layout: int) -> str:
@@ -180,14 +182,9 @@ def id_value(checkpoint_id: str, layout: int) -> str:
     the others by its 22 digits, not by its 36 characters)."""
     if layout < 5:
         return checkpoint_id
-    if len(checkpoint_id) == 36 and checkpoint_id[8] == "-":
-        try:
-            parsed = uuid.UUID(checkpoint_id)
-        except ValueError:
-            parsed = None
-        if parsed is not None and str(parsed) == checkpoint_id:
-            return base64.b64encode(b"\0\0" + parsed.bytes)[2:].translate(
-                _TO_DIGITS).decode("ascii")
+    if _CANONICAL_UUID.fullmatch(checkpoint_id):
+        raw = bytes.fromhex(checkpoint_id.replace("-", ""))
+        return base64.b64encode(b"\0\0" + raw)[2:].translate(_TO_DIGITS).decode("ascii")
     if checkpoint_id.startswith("~") or _PACKED.fullmatch(checkpoint_id):
         return "~" + checkpoint_id
     return checkpoint_id
@@ -202,8 +199,9 @@ def id_text(value: Any, field: str, layout: int) -> str:
     if value.startswith("~"):
         return value[1:]
     if _PACKED.fullmatch(value):
-        raw = base64.b64decode(b"AA" + value.encode("ascii").translate(_FROM_DIGITS))
-        return str(uuid.UUID(bytes=raw[2:]))
+        digits = base64.b64decode(b"AA" + value.encode("ascii").translate(_FROM_DIGITS))
+        text = digits[2:].hex()
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
     return value
 
 
