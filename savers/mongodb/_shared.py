@@ -147,18 +147,28 @@ NAMES = {1: Names("parent", "depth", "step"), 2: Names("parent", "depth", "step"
 LOOSE_LAYOUT = 2
 
 
+#: A canonical UUID, as ``str(uuid.UUID(...))`` spells one.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _uuid_bytes(value: str) -> bytes | None:
+    """The 16 bytes of a canonical UUID's text (None: ``value`` is not one)."""
+    if _CANONICAL_UUID.fullmatch(value):
+        return bytes.fromhex(value.replace("-", ""))
+    return None
+
+
+def _uuid_text(raw: bytes) -> str:
+    """The canonical text of a UUID's 16 bytes (:func:`_uuid_bytes` undone)."""
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def pack_id(value: str) -> str | Binary:
     """A stored id: a canonical UUID (LangGraph's task and checkpoint ids) as 16 bytes,
     anything else as the text it is. :func:`unpack_id` gives the same text back."""
-    if len(value) == 36 and value[8] == "-":
-        try:
-            parsed = uuid.UUID(value)
-        except ValueError:
-            return value
-        if str(parsed) == value:
-            packed: Binary = Binary(parsed.bytes, UUID_SUBTYPE)
-            return packed
-    return value
+    raw = _uuid_bytes(value)
+    return value if raw is None else Binary(raw, UUID_SUBTYPE)
 
 
 #: The digits of a packed checkpoint id, in ASCII order, so that packed ids compare as
@@ -169,8 +179,6 @@ _TO_DIGITS = bytes.maketrans(_BASE64, _DIGITS)
 _FROM_DIGITS = bytes.maketrans(_DIGITS, _BASE64)
 #: A packed id: 128 bits in 22 digits, the first holding the top two bits.
 _PACKED = re.compile(r"[-012][-0-9A-Z_a-z]{21}")
-#: A canonical UUID, as ``str(uuid.UUID(...))`` spells one.
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def id_value(checkpoint_id: str, layout: int) -> str:
@@ -182,8 +190,8 @@ def id_value(checkpoint_id: str, layout: int) -> str:
     the others by its 22 digits, not by its 36 characters)."""
     if layout < 5:
         return checkpoint_id
-    if _CANONICAL_UUID.fullmatch(checkpoint_id):
-        raw = bytes.fromhex(checkpoint_id.replace("-", ""))
+    raw = _uuid_bytes(checkpoint_id)
+    if raw is not None:
         return base64.b64encode(b"\0\0" + raw)[2:].translate(_TO_DIGITS).decode("ascii")
     if checkpoint_id.startswith("~") or _PACKED.fullmatch(checkpoint_id):
         return "~" + checkpoint_id
@@ -200,8 +208,7 @@ def id_text(value: Any, field: str, layout: int) -> str:
         return value[1:]
     if _PACKED.fullmatch(value):
         digits = base64.b64decode(b"AA" + value.encode("ascii").translate(_FROM_DIGITS))
-        text = digits[2:].hex()
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        return _uuid_text(digits[2:])
     return value
 
 
@@ -211,7 +218,7 @@ def unpack_id(value: Any, field: str) -> str:
     if isinstance(value, uuid.UUID):  # a client with uuidRepresentation="standard"
         return str(value)
     if isinstance(value, bytes) and len(value) == 16:
-        return str(uuid.UUID(bytes=bytes(value)))
+        return _uuid_text(bytes(value))
     raise TypeError(f"field {field!r} is {type(value).__qualname__}, not an id")
 
 
@@ -645,7 +652,7 @@ def _read_entry(entry: bytes) -> tuple[str, int, str, str, bytes]:
     if pos + length > len(entry):
         raise ValueError("a pending write's entry is truncated")
     raw = entry[pos:pos + length]
-    task = str(uuid.UUID(bytes=raw)) if size == 0 else raw.decode("utf-8", "surrogatepass")
+    task = _uuid_text(raw) if size == 0 else raw.decode("utf-8", "surrogatepass")
     pos += length
     texts = []
     for _ in range(2):
