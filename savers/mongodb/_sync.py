@@ -427,10 +427,9 @@ class MongoSaver(BaseSaver):
         expire_at = stored.created_at + dt.timedelta(seconds=1.1 * self.ttl)
         query = sh.chains_filter(stored.thread_id, stored.namespace, [stored.keyframe_id],
                                  self._layout)
-        query["exp"] = {"$lt": expire_at}  # only ever later ($max, spelled portably)
-        self._checkpoints.update_many(query, {"$set": {"exp": expire_at}})
+        earlier = {**query, "exp": {"$lt": expire_at}}  # only ever later ($max, portably)
+        self._checkpoints.update_many(earlier, {"$set": {"exp": expire_at}})
         if self._layout < 3:  # the chain's pending writes live as long (3: in its documents)
-            del query["exp"]
             chain = [doc["cid"] for doc in self._checkpoints.find(query, {"cid": 1})]
             later = sh.ids_filter(stored.thread_id, stored.namespace, chain, sh.LOOSE_LAYOUT)
             later["exp"] = {"$lt": expire_at}
