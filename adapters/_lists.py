@@ -13,6 +13,12 @@ nested value changed in place (``msg.additional_kwargs["k"] = v``) is not. LangG
 reducers never change a stored value in place (``add_messages`` copies the list and puts
 new message objects in it), and a node that mutates state in place is already outside what
 LangGraph checkpoints reliably. IO-free: fed values and bytes, it returns bytes.
+
+Loading runs the same way back (:func:`load_list`): a stored list whose leading elements
+have the bytes last made from, or loaded into, objects still held is loaded as those
+objects plus the new elements, so resuming a thread does not deserialize its whole
+conversation again. An object is only handed out again if it loads back equal from its
+bytes (checked once, when its bytes are made) and no field of it was reassigned since.
 """
 
 from __future__ import annotations
@@ -24,23 +30,29 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["MIN_ITEMS", "Split", "array_head", "dump_list", "split_loaded"]
+__all__ = ["MIN_ITEMS", "Split", "array_head", "dump_list", "load_list", "split_loaded"]
 
 #: Lists shorter than this are serialized whole (nothing much to save).
 MIN_ITEMS = 8
+#: A put checks that its new elements load back equal (so that a later load may hand the
+#: objects out again) when it serializes at most this many of them; a list serialized
+#: afresh is loaded afresh once.
+_CHECK_MAX = 8
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 @dataclass(frozen=True, slots=True)
 class Split:
     """A list value as serialized element by element: the elements (kept, so that the same
-    object means the same element), their shallow snapshots, and where each element's
-    bytes end after the ``head`` bytes of the array header."""
+    object means the same element), their shallow snapshots, where each element's bytes
+    end after the ``head`` bytes of the array header, and which elements load back equal
+    from their bytes (``exact``: loaded from them, or checked when they were made)."""
 
     items: tuple[Any, ...]
     shapes: list[Any]
     ends: list[int]
     head: int
+    exact: list[bool]
 
 
 def _shape(item: Any) -> Any:
@@ -77,12 +89,14 @@ def array_head(count: int) -> bytes:
 
 
 def dump_list(dump: Callable[[Any], tuple[str, bytes]], value: list[Any],
-              previous: Split | None, previous_data: bytes | None
+              previous: Split | None, previous_data: bytes | None,
+              loads: Callable[[tuple[str, bytes]], Any] | None = None,
               ) -> tuple[bytes, Split] | None:
     """``value``'s MessagePack bytes, reusing ``previous_data`` (the bytes ``previous``
     describes) for its leading elements that are unchanged, and how they split; None when
     an element does not serialize as MessagePack on its own (``None``, ``bytes``, a pickle
-    fallback): the caller serializes the list whole."""
+    fallback): the caller serializes the list whole. ``loads``: the serializer's loader,
+    to mark the new elements that load back equal (see :func:`load_list`)."""
     shapes = [_shape(item) for item in value]
     kept = 0
     if previous is not None and previous_data is not None:
@@ -92,6 +106,8 @@ def dump_list(dump: Callable[[Any], tuple[str, bytes]], value: list[Any],
             kept = next((i for i in range(kept) if not _equal(shapes[i], previous.shapes[i])),
                         kept)
     ends = previous.ends[:kept] if previous is not None and kept else []
+    exact = previous.exact[:kept] if previous is not None and kept else []
+    check = loads is not None and len(value) - kept <= _CHECK_MAX
     at = ends[-1] if ends else 0
     parts: list[bytes | memoryview] = [array_head(len(value))]
     if kept:
@@ -107,7 +123,78 @@ def dump_list(dump: Callable[[Any], tuple[str, bytes]], value: list[Any],
         parts.append(data)
         at += len(data)
         ends.append(at)
-    return b"".join(parts), Split(tuple(value), shapes, ends, len(parts[0]))
+        exact.append(check and _loads_back(loads, item, data))
+    return b"".join(parts), Split(tuple(value), shapes, ends, len(parts[0]), exact)
+
+
+def _loads_back(loads: Any, item: Any, data: bytes) -> bool:
+    """Does ``data``, made from ``item``, load back as an equal value of the same type?"""
+    try:
+        back = loads(("msgpack", data))
+    except Exception:
+        return False
+    return type(back) is type(item) and _equal(back, item)
+
+
+def _read_head(data: bytes) -> tuple[int, int] | None:
+    """(element count, header length) of a MessagePack array, None if ``data`` is not one."""
+    if not data:
+        return None
+    first = data[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F, 1
+    if first == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big"), 3
+    if first == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big"), 5
+    return None
+
+
+def load_list(loads: Callable[[tuple[str, bytes]], Any], data: bytes, previous: Split,
+              previous_data: bytes) -> tuple[list[Any], Split] | None:
+    """The list stored as ``data``, and how it splits: its leading elements whose bytes
+    are those ``previous`` holds (made from or loaded into ``previous.items``, which load
+    back equal and whose fields were not reassigned since) are those objects again, the
+    rest is loaded. None when ``data`` is not a MessagePack array of loadable elements:
+    the caller loads it whole."""
+    parsed = _read_head(data)
+    if parsed is None:
+        return None
+    count, head = parsed
+    items = previous.items
+
+    def same_bytes(k: int) -> bool:
+        end = previous.ends[k - 1]
+        return data[head:head + end] == previous_data[previous.head:previous.head + end]
+
+    low, high = 0, min(count, len(items))  # the longest prefix with equal bytes
+    if high and not same_bytes(high):
+        while low < high - 1:  # invariant: same_bytes(low) (or low == 0), not high
+            middle = (low + high) // 2
+            low, high = (middle, high) if same_bytes(middle) else (low, middle)
+        high = low
+    exact = previous.exact[:high]
+    kept = exact.index(False) if False in exact else high
+    shapes = [_shape(item) for item in items[:kept]]
+    if not _equal(shapes, previous.shapes[:kept]):
+        kept = next((i for i in range(kept) if not _equal(shapes[i], previous.shapes[i])),
+                    kept)
+    start = previous.ends[kept - 1] if kept else 0
+    rest = Split((), [], [], 0, [])
+    if kept < count:
+        tail_data = array_head(count - kept) + data[head + start:]
+        try:
+            tail = loads(("msgpack", tail_data))
+        except Exception:
+            return None
+        loaded = split_loaded(tail, tail_data) if type(tail) is list else None
+        if loaded is None:
+            return None
+        rest = loaded
+    value = [*items[:kept], *rest.items]
+    return value, Split(tuple(value), [*previous.shapes[:kept], *rest.shapes],
+                        [*previous.ends[:kept], *(start + end for end in rest.ends)], head,
+                        [*previous.exact[:kept], *rest.exact])
 
 
 def split_loaded(value: list[Any], data: bytes) -> Split | None:
@@ -129,4 +216,5 @@ def split_loaded(value: list[Any], data: bytes) -> Split | None:
         return None
     if head + (ends[-1] if ends else 0) != len(data):
         return None
-    return Split(tuple(value), [_shape(item) for item in value], ends, head)
+    return Split(tuple(value), [_shape(item) for item in value], ends, head,
+                 [True] * len(value))

@@ -702,7 +702,8 @@ class Checkpointer(BaseCheckpointSaver[int]):
         elements it shares with ``seen`` (the last value written at its place); the
         first list so made is checked against the serializer's own bytes."""
         previous, data = (None, None) if seen is None else (seen[3], seen[2][1])
-        made = _lists.dump_list(self.serde.dumps_typed, value, previous, data)
+        made = _lists.dump_list(self.serde.dumps_typed, value, previous, data,
+                                self.serde.loads_typed)
         if made is None:
             return _typed(self.serde.dumps_typed(value))
         if self._split_lists is None:
@@ -786,22 +787,37 @@ class Checkpointer(BaseCheckpointSaver[int]):
                resumed: bool = False) -> CheckpointTuple:
         """The LangGraph tuple of a stored checkpoint; ``resumed``: the graph is likely to
         continue from it, so its channel values are remembered as serialized (see
-        :meth:`_values`)."""
+        :meth:`_values`), and a list channel's leading elements that are the objects last
+        written or loaded at its place are those objects again (see :mod:`._lists`)."""
         state = stored.state
         thread_id, namespace, checkpoint_id = stored.thread_id, stored.namespace, _id(stored)
         versions = dict(state["channel_versions"])
-        values = {channel: self.serde.loads_typed(value)
-                  for channel, value in state["channel_values"].items()}
-        if resumed:
+        if not resumed:
+            values = {channel: self.serde.loads_typed(value)
+                      for channel, value in state["channel_values"].items()}
+        else:
+            place = (thread_id, namespace)
             typed = {channel: _typed(tuple(value))
                      for channel, value in state["channel_values"].items()}
-            splits = {} if self._split_lists is False else {
-                channel: split for channel, (tag, data) in typed.items()
-                if tag == "msgpack" and type(values[channel]) is list
-                and len(values[channel]) >= _lists.MIN_ITEMS
-                and (split := _lists.split_loaded(values[channel], data)) is not None}
-            self._remember((thread_id, namespace), checkpoint_id, versions, values, typed,
-                           splits)
+            known: dict[str, _Blob] = {}
+            if self._split_lists:
+                with self._blobs_lock:
+                    known = self._blobs.get(place, (None, known))[1]
+            values, splits = {}, {}
+            for channel, (tag, data) in typed.items():
+                seen = known.get(channel)
+                reused = (_lists.load_list(self.serde.loads_typed, data, seen[3], seen[2][1])
+                          if seen is not None and seen[3] is not None and tag == "msgpack"
+                          else None)
+                if reused is not None:
+                    values[channel], splits[channel] = reused
+                    continue
+                values[channel] = value = self.serde.loads_typed((tag, data))
+                if (self._split_lists is not False and tag == "msgpack"
+                        and type(value) is list and len(value) >= _lists.MIN_ITEMS
+                        and (split := _lists.split_loaded(value, data)) is not None):
+                    splits[channel] = split
+            self._remember(place, checkpoint_id, versions, values, typed, splits)
         checkpoint: dict[str, Any] = {
             "v": state["v"],
             "id": checkpoint_id,

@@ -10,7 +10,8 @@ same process on the same kind of backend:
   not take the ``sort`` argument pymongo 4.20 passes to ``UpdateOne``);
 - CPU per turn (``time.process_time`` around ``graph.invoke``, mean over the turns) on
   mongomock (the emulated database's work included), and the client's CPU per turn on
-  nx-27017 (the server runs in its own process);
+  nx-27017 (the server runs in its own process; the median of rounds alternating the two
+  checkpointers after a warm-up, each chat in a fresh database);
 - MongoDB commands per ``get_tuple`` / ``put`` / ``put_writes`` / ``list`` while the graph
   runs, and for a cold ``get_tuple`` and a full ``list`` of the thread afterwards, counted
   with a PyMongo ``CommandListener`` through the real driver on nx-27017 (skipped with
@@ -173,7 +174,7 @@ def measure_commands(uri: str, turns: int) -> dict[str, Any]:
         database = f"cmd_{name.lower()}_{turns}"
         checkpointer = factory(client, database)
         per_op = count_commands(checkpointer, commands)
-        cpu = run_chat(checkpointer, turns)
+        run_chat(checkpointer, turns)
         during = {op: dict(sorted(Counter(counts).items())) for op, counts in per_op.items()}
         # after the run, with a new checkpointer (cold caches)
         cold = factory(client, database)
@@ -185,11 +186,34 @@ def measure_commands(uri: str, turns: int) -> dict[str, Any]:
             "during_run": during,
             "get_tuple_cold": per_cold["get_tuple"][0],
             "list_whole_thread": per_cold["list"][0],
-            "client_cpu_ms_per_turn": statistics.fmean(cpu) * 1e3,
         }
         client.drop_database(database)
         client.close()
+    for name, rounds in client_cpu(uri, turns).items():
+        out[name]["client_cpu_ms_per_turn"] = statistics.median(rounds)
+        out[name]["client_cpu_rounds"] = rounds
     return out
+
+
+def client_cpu(uri: str, turns: int) -> dict[str, list[float]]:
+    """Client CPU per turn (ms, mean over a chat's turns) of each checkpointer on nx-27017:
+    a 2-turn warm-up each, then rounds that alternate the two (5 rounds for short chats,
+    3 for long ones), each chat in a database of its own; the caller takes the median."""
+    client: Any = pymongo.MongoClient(uri)
+    rounds: dict[str, list[float]] = {name: [] for name in FACTORIES}
+    try:
+        for name, factory in FACTORIES.items():
+            run_chat(factory(client, f"warm_{name.lower()}"), 2)
+            client.drop_database(f"warm_{name.lower()}")
+        for round_ in range(5 if turns <= 50 else 3):
+            for name, factory in FACTORIES.items():
+                database = f"cpu_{name.lower()}_{turns}_{round_}"
+                cpu = run_chat(factory(client, database), turns)
+                rounds[name].append(statistics.fmean(cpu) * 1e3)
+                client.drop_database(database)
+    finally:
+        client.close()
+    return rounds
 
 
 # -- report ---------------------------------------------------------------------------
@@ -209,13 +233,16 @@ def table(results: dict[str, Any]) -> str:
     ]
     for turns, result in results["runs"].items():
         base = result["mongomock"]["MongoDBSaver"]["stored_bson_bytes"]
+        their_cpu = result.get("nx", {}).get("MongoDBSaver", {}).get("client_cpu_ms_per_turn")
         for name in FACTORIES:
             mm = result["mongomock"][name]
             cmds = result.get("nx", {}).get(name)
             ratio = "1" if name == "MongoDBSaver" else f"1/{base / mm['stored_bson_bytes']:.1f}"
             if cmds:
                 run = cmds["during_run"]
-                cells = [f"{cmds['client_cpu_ms_per_turn']:.2f}",
+                cpu = cmds["client_cpu_ms_per_turn"]
+                cells = [f"{cpu:.2f}" + (f" ({cpu / their_cpu:.2f}x)"
+                                         if their_cpu and name != "MongoDBSaver" else ""),
                          f"{mode(run['get_tuple'])} (cold {cmds['get_tuple_cold']})",
                          mode(run["put"]), mode(run["put_writes"]),
                          str(cmds["list_whole_thread"])]

@@ -194,3 +194,109 @@ def test_other_serializers_serialize_lists_whole() -> None:
     assert Checkpointer(MemorySaver(), serde=Mine())._split_lists is False
     checkpointer = Checkpointer(MemorySaver())
     assert checkpointer._split_lists is None  # checked against the whole bytes once
+
+
+def fresh(data: bytes) -> list[Any]:
+    value = SERDE.loads_typed(("msgpack", data))
+    assert type(value) is list
+    return value
+
+
+def same_values(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(type(x) is type(y) and x == y
+                                    for x, y in zip(a, b, strict=True))
+
+
+_odd_items = st.builds(  # loads back as another value: a tuple comes back as a list
+    lambda n: HumanMessage(content=f"t{n}", additional_kwargs={"pair": (n, n)}), _ints)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_items, _odd_items), min_size=_lists.MIN_ITEMS, max_size=30),
+       st.lists(st.one_of(_edits, st.tuples(st.just("append"), _odd_items)), max_size=12),
+       st.data())
+def test_a_loaded_list_equals_a_fresh_load_of_its_bytes(
+        start: list[Any], edits: list[tuple[Any, ...]], data_: st.DataObject) -> None:
+    """Whatever was put and edited since, loading stored bytes against the last split gives
+    what the serializer loads from them (equal values of the same types); the split it
+    returns describes those bytes, and the next put through it makes the serializer's
+    own bytes."""
+    value = start
+    made = _lists.dump_list(SERDE.dumps_typed, value, None, None, SERDE.loads_typed)
+    assert made is not None
+    data, split = made
+    history = [data]
+    for edit in edits:
+        if edit[0] == "reload":  # a load of the current or an older stored list
+            stored = data_.draw(st.sampled_from(history))
+            loaded = _lists.load_list(SERDE.loads_typed, stored, split, data)
+            assert loaded is not None
+            value, split = loaded
+            assert same_values(value, fresh(stored))
+            assert split.head + (split.ends[-1] if value else 0) == len(stored)
+            data = stored
+            continue
+        value = apply(value, edit)
+        made = _lists.dump_list(SERDE.dumps_typed, value, split, data, SERDE.loads_typed)
+        assert made is not None and made[0] == whole(value), edit
+        data, split = made
+        history.append(data)
+
+
+def test_a_load_hands_back_the_objects_it_can_and_loads_the_rest() -> None:
+    loads_calls: list[bytes] = []
+
+    def loads(typed: tuple[str, bytes]) -> Any:
+        loads_calls.append(typed[1])
+        return SERDE.loads_typed(typed)
+
+    value = [HumanMessage(content=f"m{i}", id=f"{i}") for i in range(20)]
+    data, split = _lists.dump_list(SERDE.dumps_typed, value, None, None, loads) or pytest.fail()
+    assert loads_calls == []  # 20 new elements: more than a put checks
+    loaded, split = _lists.load_list(loads, data, split, data) or pytest.fail()
+    assert all(a is not b for a, b in zip(loaded, value, strict=True))  # unchecked: loaded afresh
+    loads_calls.clear()
+    grown = [*loaded, AIMessage(content="new", id="n")]
+    data, split = _lists.dump_list(SERDE.dumps_typed, grown, split, data, loads) or pytest.fail()
+    assert len(loads_calls) == 1  # the new element, checked
+    loads_calls.clear()
+    stored = whole([*grown, HumanMessage(content="from elsewhere", id="e")])
+    again, split = _lists.load_list(loads, stored, split, data) or pytest.fail()
+    assert all(a is b for a, b in zip(again[:-1], grown, strict=True))
+    assert again[-1].content == "from elsewhere" and len(loads_calls) == 1
+    older = whole(grown[:10])  # a fork from an older checkpoint: a prefix
+    grown[5].content = "reassigned after the put"  # seen: element 5 on is loaded again
+    forked, _ = _lists.load_list(SERDE.loads_typed, older, split, stored) or pytest.fail()
+    assert [m.content for m in forked] == [f"m{i}" for i in range(10)]
+    assert all(a is b for a, b in zip(forked[:5], grown[:5], strict=True))
+    assert forked[5] is not grown[5]
+
+
+@pytest.mark.parametrize("data", [b"", b"\x81\x01\x02", b"\xc0", b"\x92\xc1\xc1"])
+def test_bytes_that_are_not_a_list_are_loaded_whole(data: bytes) -> None:
+    value = [HumanMessage(content=str(i)) for i in range(10)]
+    made = _lists.dump_list(SERDE.dumps_typed, value, None, None, SERDE.loads_typed)
+    assert made is not None
+    assert _lists.load_list(SERDE.loads_typed, data, made[1], made[0]) is None
+
+
+def test_a_run_sees_the_stored_messages_not_a_callers_edit_of_the_last_output() -> None:
+    """Resuming reuses the message objects of the last run: a message of its output whose
+    field the caller reassigned is loaded from storage again, as LangGraph's own savers
+    would load it."""
+    seen: list[str] = []
+
+    def chat(state: State) -> dict[str, Any]:
+        seen.append(state["messages"][0].content)
+        return {"messages": [AIMessage(content=f"reply {len(state['messages'])}")]}
+
+    graph = StateGraph(State).add_node("chat", chat).add_edge(START, "chat").compile(
+        checkpointer=Checkpointer(MemorySaver()))
+    config = {"configurable": {"thread_id": "t"}}
+    for turn in range(6):
+        out = graph.invoke({"messages": [HumanMessage(content=f"turn {turn}")]}, config)
+    out["messages"][0].content = "edited by the caller"
+    graph.invoke({"messages": [HumanMessage(content="turn 6")]}, config)
+    assert seen[-1] == "turn 0"
+    state = graph.get_state(config).values["messages"]
+    assert [m.content for m in state[:2]] == ["turn 0", "reply 1"] and len(state) == 14
