@@ -1,5 +1,5 @@
 """Records: the stored form of one checkpoint's state. Pure code: no IO, no clocks, no state
-beyond a per-thread cache of compressors for small inputs.
+beyond a pool of idle compressors for small inputs.
 
 A record is a small header followed by a zstd frame. A *master* (a keyframe) compresses the
 serialized state alone. A *delta* compresses the state with its parent's state as a
@@ -49,7 +49,6 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -304,8 +303,12 @@ class Dictionary:
                                    compression_params=self.params).compress(raw)
 
 
-_SMALL_WINDOW_LOG = 16  # inputs up to 64 KiB share one compressor per thread and level
-_small = threading.local()
+_SMALL_WINDOW_LOG = 16  # inputs up to 64 KiB share compressors, per level and window
+#: Idle compressors for small inputs, shared by all threads (a framework's worker threads
+#: are often new at every step, so a per-thread cache would start cold each time): a
+#: thread takes one out while it compresses (list.pop and append are atomic).
+_small: dict[tuple[int, int], list[zstd.ZstdCompressor]] = {}
+_SMALL_IDLE_MAX = 8
 
 
 def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
@@ -314,15 +317,19 @@ def _compress(raw: bytes, base: bytes | None, level: int | None) -> bytes:
         window_log = min(_MAX_WINDOW_LOG, max(10, math.ceil(math.log2(len(raw) + 1))))
         if window_log <= _SMALL_WINDOW_LOG:  # pending writes, small states: making a
             # compressor costs more than compressing a few hundred bytes with it
-            cache: dict[tuple[int, int], zstd.ZstdCompressor] = _small.__dict__.setdefault(
-                "compressors", {})
-            compressor = cache.get((level, window_log))
-            if compressor is None:
-                compressor = cache[level, window_log] = zstd.ZstdCompressor(
+            idle = _small.setdefault((level, window_log), [])
+            try:
+                compressor = idle.pop()
+            except IndexError:
+                compressor = zstd.ZstdCompressor(
                     compression_params=zstd.ZstdCompressionParameters.from_level(
                         level, source_size=1 << window_log, write_checksum=0,
                         format=_FORMAT, window_log=window_log))
-            return compressor.compress(raw)
+            try:
+                return compressor.compress(raw)
+            finally:
+                if len(idle) < _SMALL_IDLE_MAX:
+                    idle.append(compressor)
         params = zstd.ZstdCompressionParameters.from_level(
             level, source_size=len(raw), write_checksum=0, format=_FORMAT,
             window_log=window_log)
