@@ -11,7 +11,8 @@ same process on the same kind of backend:
 - CPU per turn (``time.process_time`` around ``graph.invoke``, mean over the turns) on
   mongomock (the emulated database's work included), and the client's CPU per turn on
   nx-27017 (the server runs in its own process; the median of rounds alternating the two
-  checkpointers after a warm-up, each chat in a fresh database);
+  checkpointers after a warm-up, each chat in a fresh database; the ratio shown is the
+  median of the rounds' ratios);
 - MongoDB commands per ``get_tuple`` / ``put`` / ``put_writes`` / ``list`` while the graph
   runs, and for a cold ``get_tuple`` and a full ``list`` of the thread afterwards, counted
   with a PyMongo ``CommandListener`` through the real driver on nx-27017 (skipped with
@@ -233,16 +234,20 @@ def table(results: dict[str, Any]) -> str:
     ]
     for turns, result in results["runs"].items():
         base = result["mongomock"]["MongoDBSaver"]["stored_bson_bytes"]
-        their_cpu = result.get("nx", {}).get("MongoDBSaver", {}).get("client_cpu_ms_per_turn")
+        their_rounds = result.get("nx", {}).get("MongoDBSaver", {}).get("client_cpu_rounds")
         for name in FACTORIES:
             mm = result["mongomock"][name]
             cmds = result.get("nx", {}).get(name)
             ratio = "1" if name == "MongoDBSaver" else f"1/{base / mm['stored_bson_bytes']:.1f}"
             if cmds:
                 run = cmds["during_run"]
-                cpu = cmds["client_cpu_ms_per_turn"]
-                cells = [f"{cpu:.2f}" + (f" ({cpu / their_cpu:.2f}x)"
-                                         if their_cpu and name != "MongoDBSaver" else ""),
+                cpu, rounds = cmds["client_cpu_ms_per_turn"], cmds.get("client_cpu_rounds")
+                # the ratio: median of each round's pair (drift in the machine's speed
+                # during a run moves both runs of a round alike)
+                ratio_cpu = (statistics.median(ours / theirs for ours, theirs
+                                               in zip(rounds, their_rounds, strict=True))
+                             if rounds and their_rounds and name != "MongoDBSaver" else None)
+                cells = [f"{cpu:.2f}" + (f" ({ratio_cpu:.2f}x)" if ratio_cpu else ""),
                          f"{mode(run['get_tuple'])} (cold {cmds['get_tuple_cold']})",
                          mode(run["put"]), mode(run["put_writes"]),
                          str(cmds["list_whole_thread"])]
