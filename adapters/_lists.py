@@ -79,6 +79,14 @@ def _equal(a: Any, b: Any) -> bool:
         return False
 
 
+def _unchanged(shapes: list[Any], previous: Split, count: int) -> int:
+    """How many of the first ``count`` elements still have the snapshots ``previous``
+    took of them (``shapes``: their snapshots now, at least ``count`` of them)."""
+    if _equal(shapes[:count], previous.shapes[:count]):
+        return count
+    return next((i for i in range(count) if not _equal(shapes[i], previous.shapes[i])), count)
+
+
 def array_head(count: int) -> bytes:
     """The MessagePack header of an array of ``count`` elements."""
     if count < 16:
@@ -101,10 +109,7 @@ def dump_list(dump: Callable[[Any], tuple[str, bytes]], value: list[Any],
     kept = 0
     if previous is not None and previous_data is not None:
         same = list(map(operator.is_, value, previous.items))
-        kept = same.index(False) if False in same else len(same)
-        if not _equal(shapes[:kept], previous.shapes[:kept]):
-            kept = next((i for i in range(kept) if not _equal(shapes[i], previous.shapes[i])),
-                        kept)
+        kept = _unchanged(shapes, previous, same.index(False) if False in same else len(same))
     ends = previous.ends[:kept] if previous is not None and kept else []
     exact = previous.exact[:kept] if previous is not None and kept else []
     check = loads is not None and len(value) - kept <= _CHECK_MAX
@@ -175,10 +180,7 @@ def load_list(loads: Callable[[tuple[str, bytes]], Any], data: bytes, previous: 
         high = low
     exact = previous.exact[:high]
     kept = exact.index(False) if False in exact else high
-    shapes = [_shape(item) for item in items[:kept]]
-    if not _equal(shapes, previous.shapes[:kept]):
-        kept = next((i for i in range(kept) if not _equal(shapes[i], previous.shapes[i])),
-                    kept)
+    kept = _unchanged([_shape(item) for item in items[:kept]], previous, kept)
     start = previous.ends[kept - 1] if kept else 0
     rest = Split((), [], [], 0, [])
     if kept < count:
