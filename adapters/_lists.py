@@ -24,7 +24,7 @@ bytes (checked once, when its bytes are made) and no field of it was reassigned 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ def _shape(item: Any) -> Any:
     fields = getattr(item, "__dict__", None)
     if fields is not None:  # pydantic models (messages), dataclasses, plain objects
         extra = getattr(item, "__pydantic_extra__", None)
-        return (tuple(fields.values()), tuple(extra.items()) if extra else None)
+        return (dict(fields), dict(extra)) if extra else dict(fields)
     if kind is dict:
         return tuple(item.items())
     if kind is list or kind is tuple:
@@ -79,12 +79,24 @@ def _equal(a: Any, b: Any) -> bool:
         return False
 
 
-def _unchanged(shapes: list[Any], previous: Split, count: int) -> int:
-    """How many of the first ``count`` elements still have the snapshots ``previous``
-    took of them (``shapes``: their snapshots now, at least ``count`` of them)."""
-    if _equal(shapes[:count], previous.shapes[:count]):
+_pydantic_extra = operator.attrgetter("__pydantic_extra__")
+
+
+def _unchanged(items: Sequence[Any], previous: Split, count: int) -> int:
+    """How many of the first ``count`` of ``items`` still have the snapshots ``previous``
+    took of them. Objects whose fields all sit in their ``__dict__`` (messages: pydantic
+    models without extra fields) are compared in one C-level pass of their live
+    ``__dict__`` against the snapshot copies, with no snapshot taken again."""
+    head, before = items[:count], previous.shapes[:count]
+    try:
+        if not any(map(_pydantic_extra, head)) and list(map(vars, head)) == before:
+            return count
+    except Exception:  # not such objects, or a field whose == raises: one by one
+        pass
+    shapes = [_shape(item) for item in head]
+    if _equal(shapes, before):
         return count
-    return next((i for i in range(count) if not _equal(shapes[i], previous.shapes[i])), count)
+    return next((i for i in range(count) if not _equal(shapes[i], before[i])), count)
 
 
 def array_head(count: int) -> bytes:
@@ -105,11 +117,12 @@ def dump_list(dump: Callable[[Any], tuple[str, bytes]], value: list[Any],
     an element does not serialize as MessagePack on its own (``None``, ``bytes``, a pickle
     fallback): the caller serializes the list whole. ``loads``: the serializer's loader,
     to mark the new elements that load back equal (see :func:`load_list`)."""
-    shapes = [_shape(item) for item in value]
     kept = 0
     if previous is not None and previous_data is not None:
         same = list(map(operator.is_, value, previous.items))
-        kept = _unchanged(shapes, previous, same.index(False) if False in same else len(same))
+        kept = _unchanged(value, previous, same.index(False) if False in same else len(same))
+    shapes = [*previous.shapes[:kept]] if previous is not None and kept else []
+    shapes += [_shape(item) for item in value[kept:]]
     ends = previous.ends[:kept] if previous is not None and kept else []
     exact = previous.exact[:kept] if previous is not None and kept else []
     check = loads is not None and len(value) - kept <= _CHECK_MAX
@@ -180,7 +193,7 @@ def load_list(loads: Callable[[tuple[str, bytes]], Any], data: bytes, previous: 
         high = low
     exact = previous.exact[:high]
     kept = exact.index(False) if False in exact else high
-    kept = _unchanged([_shape(item) for item in items[:kept]], previous, kept)
+    kept = _unchanged(items, previous, kept)
     start = previous.ends[kept - 1] if kept else 0
     rest = Split((), [], [], 0, [])
     if kept < count:

@@ -117,6 +117,31 @@ def test_only_new_elements_are_serialized_again() -> None:
     assert calls == again[3:] and data == whole(again)
 
 
+def test_an_extra_field_set_or_changed_after_the_put_is_seen() -> None:
+    """Messages allow extra fields, held outside ``__dict__``: one set on an old message
+    (or changed, or deleted) between two puts makes it serialized again."""
+    calls: list[Any] = []
+
+    def dump(item: Any) -> tuple[str, bytes]:
+        calls.append(item)
+        return SERDE.dumps_typed(item)
+
+    value = [HumanMessage(content=f"m{i}") for i in range(12)]
+    made = _lists.dump_list(dump, value, None, None) or pytest.fail("not split")
+    for step, edit in enumerate(["set", "change", "same", "delete"]):
+        if edit == "set":
+            value[4].score = 1  # type: ignore[attr-defined]
+        elif edit == "change":
+            value[4].score = 2  # type: ignore[attr-defined]
+        elif edit == "delete":
+            del value[4].__pydantic_extra__["score"]
+        calls.clear()
+        value = [*value, AIMessage(content=f"new {step}")]
+        made = _lists.dump_list(dump, value, made[1], made[0]) or pytest.fail("not split")
+        assert made[0] == whole(value), edit
+        assert calls == (value[-1:] if edit == "same" else value[4:]), edit
+
+
 class Grid:
     """A field whose == is elementwise (as numpy's): comparing it has no truth value."""
 
