@@ -198,16 +198,17 @@ def measure_commands(uri: str, turns: int) -> dict[str, Any]:
 
 def client_cpu(uri: str, turns: int) -> dict[str, list[float]]:
     """Client CPU per turn (ms, mean over a chat's turns) of each checkpointer on nx-27017:
-    a 2-turn warm-up each, then rounds that alternate the two (5 rounds for short chats,
-    3 for long ones), each chat in a database of its own; the caller takes the median."""
+    a 2-turn warm-up each, then rounds that alternate the two, which one goes first
+    alternating too (9 rounds for short chats, 5 for long ones: this VM's speed drifts
+    within a run), each chat in a database of its own; the caller takes the median."""
     client: Any = pymongo.MongoClient(uri)
     rounds: dict[str, list[float]] = {name: [] for name in FACTORIES}
     try:
         for name, factory in FACTORIES.items():
             run_chat(factory(client, f"warm_{name.lower()}"), 2)
             client.drop_database(f"warm_{name.lower()}")
-        for round_ in range(5 if turns <= 50 else 3):
-            for name, factory in FACTORIES.items():
+        for round_ in range(9 if turns <= 50 else 5):
+            for name, factory in list(FACTORIES.items())[::-1 if round_ % 2 else 1]:
                 database = f"cpu_{name.lower()}_{turns}_{round_}"
                 cpu = run_chat(factory(client, database), turns)
                 rounds[name].append(statistics.fmean(cpu) * 1e3)
